@@ -24,6 +24,7 @@ import torch
 from knowpack.errors import KnowpackError
 from knowpack.io import append_jsonl, read_jsonl, write_json, write_jsonl
 from knowpack.methods import count_trainable, get_method, method_names
+from knowpack.methods.loki.method import LokiSettings
 from knowpack.methods.peft_methods import LoraSettings
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = field(default=0, metadata={"min": 0, "help": "steps between checkpoints; 0: each epoch"})
     lora: LoraSettings = field(default_factory=LoraSettings)
+    loki: LokiSettings = field(default_factory=LokiSettings)
     early_stopping: EarlyStopSettings = field(default_factory=EarlyStopSettings)
 
 

@@ -1,0 +1,278 @@
+"""SliCK knowledge categories (Gekhman et al., 2024; SPEC §3): probe, summarise, write, cache.
+
+    from knowpack.probe import ProbeSettings, probe_facts, summarize_probe, write_probe
+    rows = probe_facts(model, tok, facts, ProbeSettings(n_samples=16))
+    write_probe(out_dir, rows, summarize_probe(rows, settings))
+
+Each fact gets `n_prompts` few-shot prompts; per prompt one greedy answer and `n_samples` sampled
+answers (temperature, top-k). P_greedy is the share of correct greedy answers, P_sample the share of
+correct sampled answers; HighlyKnown: P_greedy = 1, MaybeKnown: 0 < P_greedy < 1, WeaklyKnown:
+P_greedy = 0 < P_sample, Unknown: both 0. With `n_samples = 0` sampling is off, `p_sample` is null
+and a fact with P_greedy = 0 is Unknown. Refusals (match.py) are flagged and never correct.
+
+Cached results are keyed by the model's fingerprint, the fact set's fingerprint and a hash of every
+setting that can change an answer, and the key's parts are stored beside the rows and checked on
+load, so a result is never read back for another model, fact set or setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from knowpack.config import config_hash, to_dict
+from knowpack.facts import Fact, FactSet
+from knowpack.io import read_json, read_jsonl, write_json, write_jsonl
+from knowpack.probe.engine import GenerationBackend, HFEngine
+from knowpack.probe.match import DEFAULT_REFUSAL_PATTERNS, MATCH_MODES, RefusalDetector, matches
+from knowpack.probe.prompts import build_probe_prompts, zero_shot_prompt
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
+PROBE_FILE, SUMMARY_FILE, KEY_FILE = "probe.jsonl", "summary.json", "cache_key.json"
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Everything that decides a probe's answers and categories (SPEC §3 defaults)."""
+
+    n_prompts: int = field(default=10, metadata={"min": 1, "help": "few-shot prompts per fact"})
+    shots: int = field(default=4, metadata={"min": 0, "help": "exemplars per prompt"})
+    n_samples: int = field(default=16, metadata={"min": 0, "help": "sampled answers per prompt; 0 turns sampling off"})
+    temperature: float = field(default=0.5, metadata={"min": 0, "help": "sampling temperature"})
+    top_k: int = field(default=40, metadata={"min": 0, "help": "sample among the k likeliest tokens; 0 = all"})
+    max_new_tokens: int = field(default=32, metadata={"min": 1, "help": "answer length limit in tokens"})
+    match: Literal["contains", "exact"] = field(
+        default="contains", metadata={"help": "answer contains an alias (paper) or equals one (Gekhman)"})
+    refusal_patterns: tuple[str, ...] = field(
+        default=DEFAULT_REFUSAL_PATTERNS, metadata={"help": "answers containing any of these are refusals"})
+    seed: int = field(default=0, metadata={"help": "exemplar choice and sampling seed"})
+    batch_size: int = field(default=32, metadata={"min": 1, "help": "prompts per generation batch"})
+    chat: bool | None = field(default=None, metadata={"help": "use the chat template (null: when the tokenizer has one)"})
+    keep_samples: bool = field(default=False, metadata={"help": "also write every sampled answer to probe.jsonl"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.match not in MATCH_MODES:
+            problems.append(f"match must be one of {', '.join(MATCH_MODES)}, got '{self.match}'")
+        if self.n_samples and self.temperature <= 0:
+            problems.append("temperature must be > 0 when n_samples > 0")
+        for name in ("n_prompts", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("shots", "n_samples", "top_k"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        object.__setattr__(self, "refusal_patterns", tuple(self.refusal_patterns))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change results (everything but `keep_samples`, which adds a column)."""
+        d = self.to_dict()
+        d.pop("keep_samples")
+        return config_hash(d)
+
+
+def categorize(p_greedy: float, p_sample: float | None) -> str:
+    """The SliCK category of a fact from its P_greedy and P_sample (None: sampling off)."""
+    if p_greedy >= 1.0:
+        return "HighlyKnown"
+    if p_greedy > 0.0:
+        return "MaybeKnown"
+    if p_sample:
+        return "WeaklyKnown"
+    return "Unknown"
+
+
+def _make_backend(model: Any, tokenizer: Any, settings: ProbeSettings,
+                  backend: GenerationBackend | None) -> GenerationBackend:
+    return backend if backend is not None else HFEngine(model, tokenizer, batch_size=settings.batch_size)
+
+
+def _progress_bar(n_prompts: int, per_fact: int, enabled: bool, desc: str):
+    """A bar counted in prompts but shown in facts (rate and ETA in facts per second)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n_prompts, unit="fact", unit_scale=1 / per_fact, desc=desc, disable=not enabled,
+                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}, {rate_fmt}]")
+
+
+def probe_facts(model: Any, tokenizer: Any, facts: FactSet | Sequence[Fact], settings: ProbeSettings | None = None,
+                *, backend: GenerationBackend | None = None, progress: bool = True,
+                exemplars: FactSet | Sequence[Fact] | None = None) -> list[dict[str, Any]]:
+    """Probe every fact; one row per fact, in order (see the module docstring for the fields).
+
+    `exemplars` is the pool few-shot exemplars come from (default: `facts`); pass the same pool
+    before and after training so both probes use the same prompts.
+    """
+    settings = settings or ProbeSettings()
+    facts = list(facts)
+    if not facts:
+        return []
+    prompts = build_probe_prompts(facts, tokenizer, n_prompts=settings.n_prompts, shots=settings.shots,
+                                  seed=settings.seed, exemplars=exemplars, chat=settings.chat)
+    flat = [p for per_fact in prompts for p in per_fact]
+    engine = _make_backend(model, tokenizer, settings, backend)
+    log.info("probing %d facts: %d prompts, greedy + %d samples each", len(facts), len(flat), settings.n_samples)
+    with _progress_bar(len(flat), settings.n_prompts, progress, "probe") as bar:
+        outs = engine.generate(flat, greedy=True, n_samples=settings.n_samples, temperature=settings.temperature,
+                               top_k=settings.top_k, max_new_tokens=settings.max_new_tokens, seed=settings.seed,
+                               progress=bar.update)
+    refusal = RefusalDetector(settings.refusal_patterns)
+    rows = []
+    for j, fact in enumerate(facts):
+        per = outs[j * settings.n_prompts:(j + 1) * settings.n_prompts]
+
+        def correct(answer: str) -> bool:
+            return not refusal(answer, fact.answers) and matches(answer, fact.answers, settings.match)
+
+        greedy = [o.greedy or "" for o in per]
+        greedy_ok = [correct(a) for a in greedy]
+        p_greedy = sum(greedy_ok) / len(greedy)
+        p_sample = None
+        if settings.n_samples:
+            samples = [s for o in per for s in o.samples]
+            p_sample = sum(correct(s) for s in samples) / len(samples)
+        row: dict[str, Any] = {
+            "id": fact.id,
+            "category": categorize(p_greedy, p_sample),
+            "p_greedy": p_greedy,
+            "p_sample": p_sample,
+            "greedy_answers": greedy,
+            "greedy_correct": greedy_ok,
+            "refused": [refusal(a, fact.answers) for a in greedy],
+        }
+        if settings.keep_samples and settings.n_samples:
+            row["sampled_answers"] = [o.samples for o in per]
+        rows.append(row)
+    return rows
+
+
+def summarize_probe(rows: Sequence[dict[str, Any]], settings: ProbeSettings | None = None) -> dict[str, Any]:
+    """Counts and shares per category, mean P_greedy/P_sample, greedy refusal rate, and the settings."""
+    n = len(rows)
+    counts = {c: sum(r["category"] == c for r in rows) for c in CATEGORIES}
+    greedy = [x for r in rows for x in r["refused"]]
+    samples = [r["p_sample"] for r in rows if r.get("p_sample") is not None]
+    return {
+        "n_facts": n,
+        "counts": counts,
+        "shares": {c: (counts[c] / n if n else 0.0) for c in CATEGORIES},
+        "p_greedy_mean": sum(r["p_greedy"] for r in rows) / n if n else 0.0,
+        "p_sample_mean": sum(samples) / len(samples) if samples else None,
+        "greedy_refusal_rate": sum(greedy) / len(greedy) if greedy else 0.0,
+        "settings": settings.to_dict() if settings is not None else None,
+    }
+
+
+def write_probe(out_dir: str | Path, rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> tuple[Path, Path]:
+    """Write `probe.jsonl` and `summary.json` into `out_dir`, each atomically; returns both paths."""
+    out = Path(out_dir)
+    return write_jsonl(out / PROBE_FILE, rows), write_json(out / SUMMARY_FILE, summary)
+
+
+def read_probe(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    out = Path(out_dir)
+    return read_jsonl(out / PROBE_FILE), read_json(out / SUMMARY_FILE)
+
+
+# --- zero-shot answering -------------------------------------------------------------------
+
+
+def answer_zero_shot(model: Any, tokenizer: Any, questions: Sequence[str], *, batch_size: int = 32,
+                     max_new_tokens: int = 32, chat: bool | None = None, backend: GenerationBackend | None = None,
+                     progress: bool = False) -> list[str]:
+    """One greedy answer per question to `Question: {q}\\nAnswer:` (or its chat form), cut at the line end."""
+    if not questions:
+        return []
+    prompts = [zero_shot_prompt(q, tokenizer, chat=chat) for q in questions]
+    engine = backend if backend is not None else HFEngine(model, tokenizer, batch_size=batch_size)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(prompts), unit="question", desc="answer", disable=not progress) as bar:
+        outs = engine.generate(prompts, greedy=True, n_samples=0, max_new_tokens=max_new_tokens, progress=bar.update)
+    return [o.greedy or "" for o in outs]
+
+
+# --- caching -------------------------------------------------------------------------------
+
+
+def model_fingerprint(model: Any, *, exact_limit: int = 50_000_000) -> str:
+    """A hash of the model's config, dtype and weights (including any adapter weights).
+
+    Models up to `exact_limit` parameters hash every weight byte; larger ones hash per-tensor
+    float64 sums, sums of squares and a strided sample, computed on the model's device, so a real
+    model is fingerprinted in seconds and any training step still changes the fingerprint.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        h.update(config.to_json_string(use_diff=False).encode())
+    tensors = list(model.state_dict().items())
+    exact = sum(t.numel() for _, t in tensors) <= exact_limit
+    with torch.no_grad():
+        for name, t in tensors:
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+            flat = t.detach().reshape(-1)
+            if exact:
+                h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            elif flat.numel():
+                step = max(1, flat.numel() // 4096)
+                stats = torch.stack([flat.sum(dtype=torch.float64),
+                                     torch.linalg.vector_norm(flat, dtype=torch.float32).double()])
+                h.update(stats.cpu().numpy().tobytes())
+                h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def probe_cache_key(model_id_or_fingerprint: str, facts_fingerprint: str, settings: ProbeSettings) -> str:
+    """The cache key of a probe: model, facts and settings, hashed together."""
+    blob = json.dumps(_key_parts(model_id_or_fingerprint, facts_fingerprint, settings), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _key_parts(model: str, facts_fp: str, settings: ProbeSettings) -> dict[str, Any]:
+    return {"model": model, "facts": facts_fp, "settings": settings.fingerprint()}
+
+
+def save_probe_cache(cache_dir: str | Path, model_id_or_fingerprint: str, facts_fingerprint: str,
+                     settings: ProbeSettings, rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> Path:
+    """Store a probe result under `cache_dir/<key>/`; the key file is written last, marking it complete."""
+    key = probe_cache_key(model_id_or_fingerprint, facts_fingerprint, settings)
+    d = Path(cache_dir) / key
+    write_probe(d, rows, summary)
+    write_json(d / KEY_FILE, {**_key_parts(model_id_or_fingerprint, facts_fingerprint, settings),
+                              "settings_full": settings.to_dict()})
+    return d
+
+
+def load_probe_cache(cache_dir: str | Path, model_id_or_fingerprint: str, facts_fingerprint: str,
+                     settings: ProbeSettings) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """The cached (rows, summary) for exactly this model, fact set and settings, or None."""
+    key = probe_cache_key(model_id_or_fingerprint, facts_fingerprint, settings)
+    d = Path(cache_dir) / key
+    try:
+        stored = read_json(d / KEY_FILE)
+        if {k: stored.get(k) for k in ("model", "facts", "settings")} != \
+                _key_parts(model_id_or_fingerprint, facts_fingerprint, settings):
+            log.warning("probe cache %s holds another probe's result; ignoring it", d)
+            return None
+        rows, summary = read_probe(d)
+    except (OSError, ValueError) as exc:  # missing (not cached) or unreadable (interrupted) entry
+        log.debug("no usable probe cache at %s: %s", d, exc)
+        return None
+    if settings.keep_samples and rows and settings.n_samples and "sampled_answers" not in rows[0]:
+        return None
+    log.info("probe result read from cache %s", d)
+    return rows, summary

@@ -1,8 +1,12 @@
 """The knowpack command line: the only module that prints for humans.
 
-    knowpack --help
-    knowpack world build --out DIR
-    knowpack facts check FILE
+    knowpack demo                                   the whole story on the embedded world
+    knowpack world build --out DIR                  rebuild the synthetic world and its base model
+    knowpack facts check FILE                       validate a fact file and summarise it
+    knowpack probe --model M --facts F --out DIR    SliCK categories of every fact
+    knowpack train CONFIG --out DIR                 probe -> compose -> train -> adapter
+    knowpack attribute / select                     LoKI: KVA scores, then the rows to train
+    knowpack merge --model M --adapter A --out DIR  fold an adapter into a plain HF model
 
 User mistakes (KnowpackError) print one clear message and exit 2 without a traceback.
 """
@@ -10,22 +14,312 @@ User mistakes (KnowpackError) print one clear message and exit 2 without a trace
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 from knowpack import __version__
 from knowpack.errors import KnowpackError
 
+OVERRIDES_HELP = "config overrides as key.sub=value (e.g. train.lr=1e-3 compose.n_unknown=10)"
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, metavar="M",
+                   help="local model directory or hub id ('world' = the embedded world's base model)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (auto: bfloat16 on a GPU that supports it, else float32)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own Python code to run (off by default)")
+
+
+def _model_path(name: str) -> str:
+    if name == "world":
+        from knowpack.runs import world_dir
+
+        return str(world_dir() / "model")
+    return name
+
+
+def _facts_path(name: str) -> str:
+    if name == "world":
+        from knowpack.runs import world_dir
+
+        return str(world_dir() / "facts.jsonl")
+    return name
+
+
+# --- world ---------------------------------------------------------------------------------
+
+
+def cmd_world_build(args: argparse.Namespace) -> int:
+    from knowpack.world import build_world
+
+    t0 = time.perf_counter()
+    out = build_world(args.out, seed=args.seed, force=args.force)
+    info = json.loads((Path(out) / "world.json").read_text())
+    _out(f"built the world in {out} ({time.perf_counter() - t0:.0f} s)")
+    _print_world_info(info)
+    return 0
+
+
+def _print_world_info(info: dict[str, Any]) -> None:
+    ev = info.get("evaluation", {})
+    for key in ("sizes", "model"):
+        if key in info:
+            _out(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in info[key].items() if not isinstance(v, dict)))
+    if ev:
+        _out("  base model: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in ev.items() if not isinstance(v, (dict, list))))
+
+
+def cmd_world_info(args: argparse.Namespace) -> int:
+    from knowpack.runs import world_dir
+
+    d = Path(args.dir) if args.dir else world_dir()
+    path = d / "world.json"
+    if not path.exists():
+        raise KnowpackError(f"{path} not found; build a world with `knowpack world build --out {d}`")
+    _out(f"world at {d}")
+    _print_world_info(json.loads(path.read_text()))
+    return 0
+
+
+# --- facts ---------------------------------------------------------------------------------
+
+
+def cmd_facts_check(args: argparse.Namespace) -> int:
+    from knowpack.facts import detect_format, format_summary, load_facts, summarize
+
+    path = _facts_path(args.file)
+    templates = args.templates
+    facts = load_facts(path, args.format, templates=templates)
+    fmt = args.format if args.format != "auto" else detect_format(path)
+    summary = summarize(facts, format=fmt)
+    if args.json:
+        _out(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        _out(f"{path}: OK")
+        _out(format_summary(summary))
+    return 0
+
+
+# --- probe ---------------------------------------------------------------------------------
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from knowpack.config import load_config, save_config
+    from knowpack.facts import load_facts
+    from knowpack.io import write_json
+    from knowpack.models import load_model
+    from knowpack.probe.slick import CATEGORIES, ProbeSettings, write_probe
+    from knowpack.runs import RunConfig, cached_probe
+
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    settings = load_config(ProbeSettings, args.config, overrides)
+    cfg = RunConfig(model=args.model, probe=settings, cache_dir=args.cache_dir)
+    facts = load_facts(_facts_path(args.facts), args.format)
+    probed = facts.sample(args.limit, settings.seed) if args.limit else facts
+    model, tok = load_model(_model_path(args.model), device=args.device, dtype=args.dtype,
+                            trust_remote_code=args.trust_remote_code)
+    t0 = time.perf_counter()
+    rows, summary = cached_probe(cfg, model, tok, probed, exemplars=facts, progress=not args.no_progress)
+    out = Path(args.out)
+    write_probe(out, rows, summary)
+    save_config(settings, out / "probe_config.yaml")
+    write_json(out / "probe_meta.json", {"model": args.model, "facts": args.facts, "limit": args.limit,
+                                         "n_facts": len(probed), "seconds": round(time.perf_counter() - t0, 2)})
+    counts = summary.get("counts", {})
+    _out(f"probed {len(rows)} facts in {time.perf_counter() - t0:.1f} s -> {out / 'probe.jsonl'}")
+    for c in CATEGORIES:
+        n = counts.get(c, 0)
+        _out(f"  {c:<12} {n:>6}  {n / max(1, len(rows)):6.1%}")
+    return 0
+
+
+# --- train / merge -------------------------------------------------------------------------
+
+
+def _run_config(args: argparse.Namespace):
+    from knowpack.config import load_config
+    from knowpack.runs import RunConfig
+
+    return load_config(RunConfig, args.config, args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from knowpack.runs import train_run
+
+    cfg = _run_config(args)
+    out = Path(args.out or f"runs/{Path(args.config).stem}")
+    run = train_run(cfg, out, progress=not args.no_progress, resume=not args.no_resume)
+    s = run.summary
+    _out(f"trained {s['method']} on {s['n_examples']} examples ({s['n_unknown']} Unknown facts): "
+         f"{s['steps']} steps, {s['trainable_params']:,} trainable parameters, {s['train_seconds']:.0f} s")
+    if s["stopped_early"]:
+        _out(f"  stopped early: {s['stopped_early']}")
+    _out(f"  reliability (zero-shot, trained facts): {s['reliability_zero_shot']:.1%}")
+    _out(f"  run directory: {out}   adapter: {out / 'adapter'}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from knowpack.adapters import merge_adapter
+
+    out = merge_adapter(_model_path(args.model), args.adapter, args.out, dtype=args.dtype,
+                        trust_remote_code=args.trust_remote_code)
+    _out(f"merged model written to {out} (load it with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+# --- LoKI: attribute / select --------------------------------------------------------------
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from knowpack.methods.loki.kva import attribute, load_attribution_prompts, save_scores
+    from knowpack.models import load_model
+
+    model, tok = load_model(_model_path(args.model), device=args.device, dtype=args.dtype,
+                            trust_remote_code=args.trust_remote_code)
+    prompts_path = args.prompts
+    if prompts_path == "world":
+        from knowpack.runs import world_dir
+
+        prompts_path = str(world_dir() / "benchmarks" / "mc.jsonl")
+    ids, prompts = load_attribution_prompts(prompts_path, tok)
+    if args.limit:
+        ids, prompts = ids[:args.limit], prompts[:args.limit]
+    t0 = time.perf_counter()
+    scores = attribute(model, tok, prompts, method=args.method, steps=args.steps, progress=not args.no_progress)
+    save_scores(args.out, scores, ids, {"method": args.method, "steps": args.steps, "model": args.model,
+                                        "prompts": prompts_path})
+    dt = time.perf_counter() - t0
+    _out(f"attributed {len(prompts)} prompts ({args.method}, {args.steps} steps) in {dt:.1f} s "
+         f"({dt / max(1, len(prompts)):.3f} s per prompt): scores {tuple(scores.shape)} -> {args.out}")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from knowpack.methods.loki.kva import load_scores
+    from knowpack.methods.loki.select import save_nodes, select_nodes
+
+    scores, _, _ = load_scores(args.scores)
+    layers = select_nodes(scores, args.q, args.strategy, seed=args.seed)
+    save_nodes(args.out, layers, args.q, args.strategy)
+    _out(f"selected {sum(map(len, layers))} rows over {len(layers)} layers ({args.strategy}, q={args.q}) "
+         f"-> {args.out}")
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from knowpack.demo import run_demo
+
+    return run_demo(out=Path(args.out), printer=_out, progress=not args.no_progress)
+
+
+# --- parser --------------------------------------------------------------------------------
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from knowpack.methods.loki.kva import METHODS as KVA_METHODS
+    from knowpack.methods.loki.select import STRATEGIES
+
     parser = argparse.ArgumentParser(
         prog="knowpack",
-        description="Pack new facts into a language model (LoRA, LoKI) and measure what was learned and damaged.",
+        description="Pack new facts into a language model (LoRA, LoKI) and measure what was learned and "
+                    "what was damaged. Start with `knowpack demo`.",
     )
     parser.add_argument("--version", action="version", version=f"knowpack {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, func, help: str, **kw) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("demo", cmd_demo, "run the whole story on the embedded default world and print what it shows")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    world = sub.add_parser("world", help="the embedded synthetic world", description="the embedded synthetic world")
+    wsub = world.add_subparsers(dest="world_command", metavar="ACTION", required=True)
+    p = wsub.add_parser("build", help="generate the world and pretrain its tiny base model (minutes on a CPU)")
+    p.set_defaults(func=cmd_world_build)
+    p.add_argument("--out", required=True, help="directory to write model/, facts.jsonl, benchmarks/, world.json")
+    p.add_argument("--seed", type=int, default=0, help="world and pretraining seed (default 0)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing world in --out")
+    p = wsub.add_parser("info", help="print what a world holds and how its base model does")
+    p.set_defaults(func=cmd_world_info)
+    p.add_argument("dir", nargs="?", help="world directory (default: the shipped world)")
+
+    facts = sub.add_parser("facts", help="fact files", description="fact files")
+    fsub = facts.add_subparsers(dest="facts_command", metavar="ACTION", required=True)
+    p = fsub.add_parser("check", help="validate a fact file and print a summary (exit 2 with file/line/field "
+                                      "on bad input)")
+    p.set_defaults(func=cmd_facts_check)
+    p.add_argument("file", help="fact file: native JSONL, Head-to-Tail, ZsRE, CounterFact, PopQA, Parquet, HF dir")
+    p.add_argument("--format", default="auto", help="input format (default: detect)")
+    p.add_argument("--templates", help="relation template YAML for triples without questions")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = add("probe", cmd_probe, "probe what a model knows: SliCK category of every fact",
+            epilog="Writes DIR/probe.jsonl (one row per fact) and DIR/summary.json. Settings: n_prompts=10 "
+                   "shots=4 n_samples=16 temperature=0.5 top_k=40 max_new_tokens=32 match=contains|exact.")
+    _add_model_args(p)
+    p.add_argument("--facts", required=True, help="fact file ('world' = the embedded world's facts)")
+    p.add_argument("--format", default="auto", help="fact file format (default: detect)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--limit", type=int, help="probe a seeded random sample of N facts (not the first N)")
+    p.add_argument("--seed", type=int, help="probe seed (exemplars, sampling, --limit sample)")
+    p.add_argument("--config", help="YAML file with probe settings")
+    p.add_argument("--cache-dir", help="probe cache (default $KNOWPACK_CACHE or ~/.cache/knowpack)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="probe settings, e.g. n_samples=0")
+
+    p = add("train", cmd_train, "probe, compose the training set, and train an adapter (LoRA family, full, LoKI)")
+    p.add_argument("config", help="run config YAML (see configs/lora-world.yaml)")
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint left in the run directory")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+
+    p = add("merge", cmd_merge, "fold an adapter (PEFT, LoKI or full) into a plain Hugging Face model")
+    p.add_argument("--model", required=True, help="the base model the adapter was trained on")
+    p.add_argument("--adapter", required=True, help="adapter directory (RUN/adapter)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run")
+
+    p = add("attribute", cmd_attribute, "LoKI: knowledge-vector attribution (integrated gradients) of every "
+                                        "down_proj row on general-knowledge prompts")
+    _add_model_args(p)
+    p.add_argument("--prompts", required=True, help="JSONL of {id, prompt} or MMLU rows {question, choices, "
+                                                    "answer, subject} ('world' = the world's MC benchmark)")
+    p.add_argument("--out", required=True, help="scores file (.safetensors, tensor 'scores' [N, L, D])")
+    p.add_argument("--method", default="fast", choices=list(KVA_METHODS), help="fast (default) or reference")
+    p.add_argument("--steps", type=int, default=7, help="Riemann steps m (default 7)")
+    p.add_argument("--limit", type=int, help="attribute only the first N prompts")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = add("select", cmd_select, "LoKI: choose the rows to train from KVA scores")
+    p.add_argument("--scores", required=True, help="scores file from `knowpack attribute`")
+    p.add_argument("--q", type=float, default=10.0, help="percent of rows per layer (default 10)")
+    p.add_argument("--strategy", default="layer_balanced_lowest", choices=list(STRATEGIES))
+    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
+    p.add_argument("--out", required=True, help="nodes.json to write")
     return parser
 
 
@@ -34,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -80,9 +80,12 @@ class PeftLoraFamily(Method):
 
     def save(self, model: nn.Module, out_dir: Path, *, base_model: str) -> None:
         model.peft_config["default"].base_model_name_or_path = base_model
-        init_dir = self._init_dirs.get(id(model))
+        init_dir = self._init_dirs.pop(id(model), None)
         if init_dir:
-            model.save_pretrained(str(out_dir), path_initial_model_for_weight_conversion=init_dir)
+            try:
+                model.save_pretrained(str(out_dir), path_initial_model_for_weight_conversion=init_dir)
+            finally:
+                shutil.rmtree(init_dir, ignore_errors=True)
         else:
             model.save_pretrained(str(out_dir))
 

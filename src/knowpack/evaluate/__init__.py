@@ -1,0 +1,1 @@
+"""Evaluation: reliability, generalisation, knowledge shift, collapse, refusals, locality, benchmarks."""

@@ -1,0 +1,251 @@
+"""Runs: one config, one directory, every stage's output written atomically and reusable.
+
+A run directory holds the resolved config (`config.yaml`), the environment (`env.json`: versions,
+seed, git hash), the base model's probe (`probe_before.jsonl`), the composed training set
+(`train.jsonl`, `composition.json`), LoKI's selected rows (`nodes.json`), the adapter
+(`adapter/`), the training log and summary. Probes and KVA scores are cached per model, data and
+settings under the cache directory, so repeated runs and sweeps reuse them.
+
+The name `world` for `model`, `facts` or `train.loki.attribution_data` means the embedded default
+world that ships with knowpack.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from knowpack import __version__
+from knowpack.compose import ComposeSettings, Composition, compose
+from knowpack.config import config_hash, save_config, to_dict
+from knowpack.errors import KnowpackError
+from knowpack.facts import FactSet
+from knowpack.io import write_json, write_jsonl
+from knowpack.probe.slick import (ProbeSettings, answer_zero_shot, load_probe_cache, model_fingerprint,
+                                  probe_facts, save_probe_cache, summarize_probe)
+from knowpack.probe.match import matches
+from knowpack.train import TrainResult, TrainSettings, train
+
+log = logging.getLogger(__name__)
+
+WORLD = "world"
+
+
+@dataclass
+class RunConfig:
+    model: str = field(default=WORLD, metadata={"help": "local model directory, hub id, or 'world'"})
+    facts: str = field(default=WORLD, metadata={"help": "fact file (any supported format) or 'world'"})
+    facts_format: str = field(default="auto", metadata={"help": "fact file format; auto detects it"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    seed: int = field(default=0, metadata={"help": "sets compose.seed and train.seed"})
+    probe_limit: int | None = field(default=None, metadata={"min": 1, "help": "probe a seeded sample of N facts"})
+    cache_dir: str | None = field(default=None, metadata={"help": "probe/KVA cache; default $KNOWPACK_CACHE "
+                                                                  "or ~/.cache/knowpack"})
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    compose: ComposeSettings = field(default_factory=ComposeSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def resolved(self) -> "RunConfig":
+        """The config with the run seed copied into the stages it drives."""
+        return replace(self, compose=replace(self.compose, seed=self.seed), train=replace(self.train, seed=self.seed))
+
+
+# --- resolving names -------------------------------------------------------------------------
+
+
+def world_dir() -> Path:
+    from knowpack.world import default_world_dir
+
+    return default_world_dir()
+
+
+def model_path(cfg: RunConfig) -> str:
+    return str(world_dir() / "model") if cfg.model == WORLD else cfg.model
+
+
+def facts_path(cfg: RunConfig) -> str:
+    return str(world_dir() / "facts.jsonl") if cfg.facts == WORLD else cfg.facts
+
+
+def attribution_path(path: str) -> str:
+    return str(world_dir() / "benchmarks" / "mc.jsonl") if path == WORLD else path
+
+
+def cache_root(cfg: RunConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    return Path(os.environ.get("KNOWPACK_CACHE", "~/.cache/knowpack")).expanduser()
+
+
+def git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(cfg: RunConfig) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:  # pragma: no cover - peft is a dependency
+        peft_version = None
+    return {"knowpack": __version__, "git": git_hash(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft_version,
+            "platform": platform.platform(), "seed": cfg.seed, "config_hash": config_hash(cfg)}
+
+
+# --- stages ----------------------------------------------------------------------------------
+
+
+def load_run_facts(cfg: RunConfig) -> FactSet:
+    from knowpack.facts.loaders import load_facts
+
+    return load_facts(facts_path(cfg), cfg.facts_format)
+
+
+def probe_facts_of(cfg: RunConfig, facts: FactSet) -> FactSet:
+    return facts.sample(cfg.probe_limit, cfg.probe.seed) if cfg.probe_limit else facts
+
+
+def cached_probe(cfg: RunConfig, model: Any, tok: Any, facts: FactSet, *, exemplars: FactSet | None = None,
+                 progress: bool = True, model_id: str | None = None) -> tuple[list[dict], dict]:
+    """Probe `facts` with `cfg.probe`, reading and filling the cache (keyed by weights, facts, settings)."""
+    model_id = model_id or model_fingerprint(model)
+    facts_id = facts.fingerprint() + (f"+ex:{exemplars.fingerprint()}" if exemplars is not None else "")
+    cache = cache_root(cfg) / "probe"
+    hit = load_probe_cache(cache, model_id, facts_id, cfg.probe)
+    if hit is not None:
+        log.info("probe: reusing the cached result for %d facts", len(facts))
+        return hit
+    rows = probe_facts(model, tok, facts, cfg.probe, progress=progress, exemplars=exemplars)
+    summary = summarize_probe(rows, cfg.probe)
+    save_probe_cache(cache, model_id, facts_id, cfg.probe, rows, summary)
+    return rows, summary
+
+
+def zero_shot_accuracy(model: Any, tok: Any, facts: FactSet, ids: list[str], match: str = "contains") -> float:
+    if not ids:
+        return 0.0
+    answers = answer_zero_shot(model, tok, [facts[i].question for i in ids])
+    return sum(matches(a, facts[i].answers, match) for a, i in zip(answers, ids)) / len(ids)
+
+
+def select_nodes_for(cfg: RunConfig, model: Any, tok: Any, out_dir: Path, progress: bool = True) -> list[list[int]]:
+    """LoKI's rows: read `train.loki.nodes`, or select from cached (or fresh) KVA scores."""
+    from knowpack.methods import get_method
+    from knowpack.methods.loki import kva
+    from knowpack.methods.loki.select import load_nodes, save_nodes, select_nodes
+
+    s = cfg.train.loki
+    if s.nodes:
+        nodes = load_nodes(s.nodes)["layers"]
+        write_json(out_dir / "nodes.json", load_nodes(s.nodes))
+        return nodes
+    q = get_method(cfg.train.method).q(s)
+    if s.scores:
+        scores, _, _ = kva.load_scores(s.scores)
+    else:
+        data = attribution_path(s.attribution_data)
+        ids, prompts = kva.load_attribution_prompts(data, tok)
+        if s.attribution_limit and s.attribution_limit < len(prompts):
+            import random
+
+            keep = sorted(random.Random(s.seed).sample(range(len(prompts)), s.attribution_limit))
+            ids, prompts = [ids[i] for i in keep], [prompts[i] for i in keep]
+        key = config_hash({"model": model_fingerprint(model), "prompts": prompts, "steps": s.steps})
+        path = cache_root(cfg) / "kva" / f"{key}.safetensors"
+        if path.exists():
+            scores, _, _ = kva.load_scores(path)
+            log.info("KVA: reusing cached scores %s", path)
+        else:
+            scores = kva.attribute(model, tok, prompts, method=s.kva_method, steps=s.steps, progress=progress)
+            kva.save_scores(path, scores, ids, {"steps": s.steps, "method": s.kva_method, "data": data,
+                                                "model": model_path(cfg)})
+    nodes = select_nodes(scores, q, s.strategy, seed=s.seed)
+    save_nodes(out_dir / "nodes.json", nodes, q, s.strategy)
+    return nodes
+
+
+@dataclass
+class TrainedRun:
+    out_dir: Path
+    cfg: RunConfig
+    facts: FactSet
+    probe_rows: list[dict]
+    composition: Composition
+    result: TrainResult
+    tokenizer: Any
+    summary: dict[str, Any]
+
+
+def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, resume: bool = True) -> TrainedRun:
+    """probe (cached) → compose → [attribute + select for LoKI] → train → adapter, in `out_dir`."""
+    from knowpack.models import load_model, set_seed
+
+    cfg = cfg.resolved()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    write_json(out / "env.json", environment(cfg))
+    set_seed(cfg.seed)
+    facts = load_run_facts(cfg)
+    t0 = time.perf_counter()
+    model, tok = load_model(model_path(cfg), device=cfg.device, dtype=cfg.dtype,
+                            trust_remote_code=cfg.trust_remote_code)
+    base_id = model_fingerprint(model)
+    probed = probe_facts_of(cfg, facts)
+    rows, summary = cached_probe(cfg, model, tok, probed, exemplars=facts, progress=progress, model_id=base_id)
+    write_jsonl(out / "probe_before.jsonl", rows)
+    write_json(out / "probe_before_summary.json", summary)
+    t_probe = time.perf_counter() - t0
+
+    comp = compose(facts, rows, cfg.compose, tok)
+    write_jsonl(out / "train.jsonl", comp.rows)
+    write_json(out / "composition.json", {"unknown": comp.unknown_ids, "eval": comp.eval_ids,
+                                          "retention": comp.retention_ids, "mixed": comp.mixed_ids,
+                                          "summary": comp.summary()})
+    context: dict[str, Any] = {}
+    if cfg.train.method in ("loki", "loki_lora"):
+        context["nodes"] = select_nodes_for(cfg, model, tok, out, progress=progress)
+
+    retention_start = zero_shot_accuracy(model, tok, facts, comp.retention_ids, cfg.probe.match) \
+        if cfg.train.early_stopping.enabled else None
+
+    def hook(m: Any) -> dict[str, float]:
+        return {"reliability": zero_shot_accuracy(m, tok, facts, comp.unknown_ids, cfg.probe.match),
+                "retention": zero_shot_accuracy(m, tok, facts, comp.retention_ids, cfg.probe.match),
+                "retention_start": retention_start}
+
+    t1 = time.perf_counter()
+    fingerprint = config_hash({"cfg": to_dict(cfg), "base": base_id, "train": comp.rows})
+    result = train(model, tok, comp.rows, cfg.train, out, base_model=model_path(cfg), method_context=context,
+                   eval_hook=hook, fingerprint=fingerprint, resume=resume, progress=progress)
+    reliability = zero_shot_accuracy(result.model, tok, facts, comp.unknown_ids, cfg.probe.match)
+    train_summary = {
+        "method": cfg.train.method, "trainable_params": result.trainable_params, "steps": result.steps,
+        "epochs": result.epochs, "stopped_early": result.stopped_early, "train_seconds": round(result.seconds, 2),
+        "probe_seconds": round(t_probe, 2), "total_seconds": round(time.perf_counter() - t0, 2),
+        "n_examples": len(comp.rows), "n_unknown": len(comp.unknown_ids),
+        "reliability_zero_shot": reliability,
+        "reliability_definition": "share of trained Unknown facts whose zero-shot greedy answer to the training "
+                                  f"prompt matches an alias ({cfg.probe.match}); denominator = n_unknown",
+        "probe_before": {k: summary.get(k) for k in ("counts", "shares") if k in summary},
+        "seconds_train_stage": round(time.perf_counter() - t1, 2),
+    }
+    write_json(out / "train_summary.json", train_summary)
+    return TrainedRun(out, cfg, facts, rows, comp, result, tok, train_summary)

@@ -1,0 +1,71 @@
+"""The command line: help texts, and user mistakes exit 2 with one clear message, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from knowpack.cli import build_parser, main
+
+SUBCOMMANDS = ["demo", "probe", "train", "merge", "attribute", "select"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "knowpack.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_every_subcommand_has_help(capsys):
+    for name in SUBCOMMANDS + ["world build", "facts check"]:
+        with pytest.raises(SystemExit) as exc:
+            main([*name.split(), "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage: knowpack" in text and len(text) > 200, name
+
+
+def test_bad_fact_file_exits_2_naming_file_line_and_field(tmp_path):
+    bad = tmp_path / "facts.jsonl"
+    bad.write_text('{"id": "a", "question": "Q?", "answers": ["x"]}\n{"id": "b", "question": "Q2?", "answers": [""]}\n')
+    res = run("facts", "check", str(bad))
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert str(bad) in res.stderr and "line 2" in res.stderr and "answers" in res.stderr
+
+
+def test_good_fact_file_is_summarised(tmp_path):
+    good = tmp_path / "facts.jsonl"
+    good.write_text("".join(json.dumps({"id": f"f{i}", "question": f"Q{i}?", "answers": ["x"],
+                                        "relation": "r"}) + "\n" for i in range(3)))
+    res = run("facts", "check", str(good))
+    assert res.returncode == 0, res.stderr
+    assert "3" in res.stdout
+
+
+def test_config_errors_are_all_reported_at_once(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: world\ntrian:\n  lr: 1\ncompose:\n  n_unknown: -3\n")
+    res = run("train", str(cfg), "train.method=lorra", "--out", str(tmp_path / "run"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    for needle in ("trian", "train", "n_unknown", "lorra", "lora"):
+        assert needle in res.stderr, needle
+    assert not (tmp_path / "run").exists()  # nothing written before the config is valid
+
+
+def test_missing_model_and_adapter_paths(tmp_path):
+    res = run("merge", "--model", str(tmp_path / "nope"), "--adapter", str(tmp_path / "nada"), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "nada" in res.stderr
+    res = run("probe", "--model", str(tmp_path / "nope"), "--facts", str(tmp_path / "f.jsonl"), "--out", str(tmp_path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_parser_choices_come_from_the_registry():
+    from knowpack.methods.loki.select import STRATEGIES
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    select = sub.choices["select"]
+    strategy = next(a for a in select._actions if a.dest == "strategy")
+    assert list(strategy.choices) == list(STRATEGIES)

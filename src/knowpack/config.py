@@ -152,7 +152,9 @@ def _type_name(tp: Any) -> str:
 def _suggest(word: str, options: Iterable[Any]) -> str:
     names = [str(o) for o in options]
     close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    if not close and str(word):  # abbreviations: "para" for "paraphrase"
+        close = [n for n in names if n.startswith(str(word))]
+    return f" (did you mean '{close[0]}'?)" if len(close) == 1 else ""
 
 
 def _hints(cls: type) -> dict[str, Any]:

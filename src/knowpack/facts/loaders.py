@@ -48,7 +48,7 @@ class _Row:
     data: dict[str, Any]
     line: int | None
     note: str | None = None  # "array index 3" (JSON arrays) or "table row 3" (Parquet/Arrow), 0-based
-    csv: bool = False  # list fields may be JSON-encoded strings in CSV cells
+    encoded: bool = False  # CSV cells and table columns may hold lists/objects as JSON strings
 
     def where(self) -> str:
         return f"line {self.line}" if self.line is not None else (self.note or "?")
@@ -177,7 +177,7 @@ def _csv_rows(rd: _Reader, text: str) -> Iterator[_Row]:
                 raise rd.error(f"the row has {len(cells)} fields but the header has {len(header)}; quote values "
                                "that contain the delimiter", line=start)
             n_rows += 1
-            yield _Row({h: c for h, c in zip(header, cells) if c != ""}, start, csv=True)
+            yield _Row({h: c for h, c in zip(header, cells) if c != ""}, start, encoded=True)
         start = reader.line_num + 1
     if not n_rows:
         raise rd.error("the CSV file has a header but no rows", line=1)
@@ -187,7 +187,8 @@ def _table_rows(rd: _Reader, table: Any) -> Iterator[_Row]:
     if table.num_rows == 0:
         raise rd.error("the table has no rows")
     for index, obj in enumerate(table.to_pylist()):
-        yield _Row({k: v for k, v in obj.items() if v is not None}, index + 1, f"table row {index}")
+        yield _Row({k: v for k, v in obj.items() if v is not None}, index + 1, f"table row {index}",
+                   encoded=True)
 
 
 def _parquet_rows(rd: _Reader) -> Iterator[_Row]:
@@ -298,11 +299,7 @@ def _string(rd: _Reader, row: _Row, data: Mapping[str, Any], key: str, field: st
 
 
 def _strings(rd: _Reader, row: _Row, value: Any, field: str, nonempty: bool) -> tuple[str, ...]:
-    if row.csv and isinstance(value, str) and value.lstrip().startswith("["):  # e.g. PopQA's possible_answers
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise rd.error(f"not a valid JSON list (column {exc.colno}: {exc.msg})", row, field) from None
+    value = _decoded(rd, row, value, field, "[")  # e.g. PopQA's possible_answers
     if isinstance(value, str):
         raise rd.error(f"expected a list of strings, got {_kind(value)}; write [{json.dumps(value)}]", row, field)
     if not isinstance(value, (list, tuple)):
@@ -316,6 +313,23 @@ def _strings(rd: _Reader, row: _Row, value: Any, field: str, nonempty: bool) -> 
             raise rd.error("empty string; remove it or fill it in (empty aliases would never match)",
                            row, f"{field}[{i}]")
     return tuple(value)
+
+
+def _decoded(rd: _Reader, row: _Row, value: Any, field: str, opener: str) -> Any:
+    if row.encoded and isinstance(value, str) and value.lstrip().startswith(opener):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            kind = "list" if opener == "[" else "object"
+            raise rd.error(f"not a valid JSON {kind} (column {exc.colno}: {exc.msg})", row, field) from None
+    return value
+
+
+def _meta(rd: _Reader, row: _Row) -> dict[str, Any]:
+    meta = _decoded(rd, row, row.data.get("meta"), "meta", "{")
+    if meta is not None and not isinstance(meta, dict):
+        raise rd.error(f"expected an object {{...}}, got {_kind(meta)}", row, "meta")
+    return dict(meta or {})
 
 
 def _integer(rd: _Reader, row: _Row, value: Any, field: str) -> int | None:
@@ -366,9 +380,7 @@ def _native(rd: _Reader, row: _Row, templates: RelationTemplates | None) -> Fact
     fact_id = _string(rd, row, d, "id")
     if isinstance(d.get("id"), str) and d["id"] != d["id"].strip():
         raise rd.error(f"id {d['id']!r} has leading or trailing spaces", row, "id")
-    meta = d.get("meta")
-    if meta is not None and not isinstance(meta, dict):
-        raise rd.error(f"expected an object {{...}}, got {_kind(meta)}", row, "meta")
+    meta = _meta(rd, row)
     return Fact(
         id=str(fact_id), question=str(_string(rd, row, d, "question")),
         answers=_strings(rd, row, _get(rd, row, d, "answers", "answers", True), "answers", nonempty=True),
@@ -376,7 +388,7 @@ def _native(rd: _Reader, row: _Row, templates: RelationTemplates | None) -> Fact
         relation=_string(rd, row, d, "relation", required=False),
         object=_string(rd, row, d, "object", required=False),
         paraphrases=_strings(rd, row, d.get("paraphrases") or [], "paraphrases", nonempty=False),
-        popularity=_integer(rd, row, d.get("popularity"), "popularity"), meta=dict(meta or {}))
+        popularity=_integer(rd, row, d.get("popularity"), "popularity"), meta=meta)
 
 
 def _head_to_tail(rd: _Reader, row: _Row, templates: RelationTemplates | None) -> Fact:
@@ -474,12 +486,10 @@ def _triple(rd: _Reader, row: _Row, templates: RelationTemplates | None) -> Fact
     question, paraphrases = templates.render(relation, subject)
     aliases = d.get("aliases", d.get("answers")) or []
     answers = _dedupe([obj, *_strings(rd, row, aliases, "aliases" if "aliases" in d else "answers", False)])
-    meta = d.get("meta")
-    if meta is not None and not isinstance(meta, dict):
-        raise rd.error(f"expected an object {{...}}, got {_kind(meta)}", row, "meta")
+    meta = _meta(rd, row)
     return Fact(id=_id(rd, row, d, ("id",), "triple", subject, relation, obj), question=question, answers=answers,
                 subject=subject, relation=relation, object=obj, paraphrases=paraphrases,
-                popularity=_integer(rd, row, d.get("popularity"), "popularity"), meta=dict(meta or {}))
+                popularity=_integer(rd, row, d.get("popularity"), "popularity"), meta=meta)
 
 
 _SCHEMAS: dict[str, Converter] = {"native": _native, "head_to_tail": _head_to_tail, "zsre": _zsre,

@@ -1,0 +1,130 @@
+"""The batched engine against the naive per-prompt `generate` loop, on tiny random models (float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from knowpack.facts import Fact, FactSet
+from knowpack.models import tiny_model, tiny_tokenizer
+from knowpack.probe.engine import GenerationBackend, HFEngine, naive_generate, stop_token_ids
+from knowpack.probe.prompts import Prompt, build_probe_prompts, zero_shot_prompt
+
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+MAX_NEW = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models run fastest on one thread; on a shared machine extra threads only spin.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def make_facts() -> FactSet:
+    rels = ["capital", "river", "author"]
+    return FactSet(Fact(id=f"f{i}", question=f"What is the {rels[i % 3]} of Land{i}?", answers=(f"Item{i}",),
+                        relation=rels[i % 3]) for i in range(12))
+
+
+def mixed_prompts(tok) -> list:
+    few_shot = build_probe_prompts(make_facts(), tok, n_prompts=2, shots=3, seed=1)
+    prompts: list = [p for per in few_shot for p in per]
+    prompts += ["Question: Who wrote it?\nAnswer:", Prompt("", "Question: Why?\nAnswer:"),
+                Prompt("Question: Wha", "t is it?\nAnswer:"),  # a prefix that may not tokenize on its own
+                zero_shot_prompt("Where is Land3?", tok)]
+    return prompts
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_greedy_equals_naive_generate(tok, arch):
+    model = tiny_model(arch, seed=3, vocab_size=len(tok))
+    prompts = mixed_prompts(tok)
+    engine = HFEngine(model, tok, batch_size=5)  # batches mix prefixes, lengths and unshared prompts
+    got = engine.generate(prompts, greedy=True, n_samples=0, max_new_tokens=MAX_NEW)
+    want = naive_generate(model, tok, prompts, max_new_tokens=MAX_NEW)
+    assert [c.greedy for c in got] == want
+    assert all(c.samples == [] for c in got)
+    assert isinstance(engine, GenerationBackend)
+
+
+def test_greedy_with_samples_still_equals_naive(tok):
+    model = tiny_model("llama", seed=4, vocab_size=len(tok))
+    prompts = mixed_prompts(tok)[:10]
+    got = HFEngine(model, tok, batch_size=4).generate(prompts, greedy=True, n_samples=3, max_new_tokens=MAX_NEW)
+    assert [c.greedy for c in got] == naive_generate(model, tok, prompts, max_new_tokens=MAX_NEW)
+    assert all(len(c.samples) == 3 for c in got)
+
+
+def test_chat_template_prompts_equal_naive(tok):
+    chat_tok = tiny_tokenizer()
+    chat_tok.chat_template = CHAT_TEMPLATE
+    model = tiny_model("llama", seed=5, vocab_size=len(chat_tok))
+    prompts = [p for per in build_probe_prompts(make_facts(), chat_tok, n_prompts=2, shots=2) for p in per]
+    assert all(p.prefix and not p.add_special_tokens for p in prompts)
+    got = HFEngine(model, chat_tok, batch_size=6).generate(prompts, max_new_tokens=MAX_NEW)
+    assert [c.greedy for c in got] == naive_generate(model, chat_tok, prompts, max_new_tokens=MAX_NEW)
+
+
+def test_stops_at_end_of_line(tok):
+    model = tiny_model("llama", seed=6, vocab_size=len(tok))
+    prompts = mixed_prompts(tok)[:6]
+    # Make the newline token win wherever the model would emit some frequent token: the newline
+    # row of the output layer becomes a slightly scaled copy of that token's row.
+    enc = tok(prompts[0].text, return_tensors="pt")
+    first = model.generate(**enc, do_sample=False, max_new_tokens=3, pad_token_id=0)[0, -1].item()
+    newline = tok.convert_tokens_to_ids("Ċ")
+    assert newline in stop_token_ids(tok)
+    with torch.no_grad():
+        model.lm_head.weight[newline] = model.lm_head.weight[first] * 1.05
+
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    got = HFEngine(model, tok, batch_size=len(prompts)).generate(prompts, max_new_tokens=32)
+    hook.remove()
+    assert len(calls) < 1 + 1 + 31  # prefix + suffix passes + 31 decode steps is the no-early-stop count
+    assert all("\n" not in c.greedy for c in got)
+    assert [c.greedy for c in got] == naive_generate(model, tok, prompts, max_new_tokens=32)
+    # The plain loop without early stop gives the same answers, only slower.
+    assert [c.greedy for c in got] == naive_generate(model, tok, prompts, max_new_tokens=32, stop_early=False)
+
+
+def test_sampling_reproducible_and_seeded(tok):
+    model = tiny_model("qwen2", seed=7, vocab_size=len(tok))
+    prompts = mixed_prompts(tok)[:8]
+    engine = HFEngine(model, tok, batch_size=3)
+
+    def run(seed):
+        return engine.generate(prompts, greedy=False, n_samples=4, temperature=1.0, top_k=40, seed=seed,
+                               max_new_tokens=MAX_NEW)
+
+    a, b, c = run(0), run(0), run(1)
+    assert a == b
+    assert [x.samples for x in a] != [x.samples for x in c]
+    assert all(x.greedy is None and len(x.samples) == 4 for x in a)
+    assert len({s for x in a for s in x.samples}) > len(prompts)  # samples differ from one another
+
+
+def test_top1_sampling_is_greedy(tok):
+    model = tiny_model("llama", seed=8, vocab_size=len(tok))
+    prompts = mixed_prompts(tok)[:5]
+    got = HFEngine(model, tok, batch_size=5).generate(prompts, n_samples=2, top_k=1, max_new_tokens=MAX_NEW)
+    assert all(c.samples == [c.greedy, c.greedy] for c in got)
+
+
+def test_argument_checks(tok):
+    model = tiny_model("llama", seed=0, vocab_size=len(tok))
+    engine = HFEngine(model, tok)
+    assert engine.generate([]) == []
+    with pytest.raises(ValueError, match="temperature"):
+        engine.generate(["x"], n_samples=2, temperature=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        HFEngine(model, tok, batch_size=0)

@@ -97,13 +97,11 @@ def cmd_world_info(args: argparse.Namespace) -> int:
 
 
 def cmd_facts_check(args: argparse.Namespace) -> int:
-    from knowpack.facts import detect_format, format_summary, load_facts, summarize
+    from knowpack.facts import format_summary, load_facts, summarize
 
     path = _facts_path(args.file)
-    templates = args.templates
-    facts = load_facts(path, args.format, templates=templates)
-    fmt = args.format if args.format != "auto" else detect_format(path)
-    summary = summarize(facts, format=fmt)
+    facts = load_facts(path, args.format, templates=args.templates)
+    summary = summarize(facts)
     if args.json:
         _out(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
@@ -232,9 +230,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from knowpack.facts import FORMATS
     from knowpack.methods.loki.kva import METHODS as KVA_METHODS
     from knowpack.methods.loki.select import STRATEGIES
 
+    FACT_FORMATS = ["auto", *FORMATS]
     parser = argparse.ArgumentParser(
         prog="knowpack",
         description="Pack new facts into a language model (LoRA, LoKI) and measure what was learned and "
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "on bad input)")
     p.set_defaults(func=cmd_facts_check)
     p.add_argument("file", help="fact file: native JSONL, Head-to-Tail, ZsRE, CounterFact, PopQA, Parquet, HF dir")
-    p.add_argument("--format", default="auto", help="input format (default: detect)")
+    p.add_argument("--format", default="auto", choices=FACT_FORMATS, help="input format (default: detect)")
     p.add_argument("--templates", help="relation template YAML for triples without questions")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "shots=4 n_samples=16 temperature=0.5 top_k=40 max_new_tokens=32 match=contains|exact.")
     _add_model_args(p)
     p.add_argument("--facts", required=True, help="fact file ('world' = the embedded world's facts)")
-    p.add_argument("--format", default="auto", help="fact file format (default: detect)")
+    p.add_argument("--format", default="auto", choices=FACT_FORMATS, help="fact file format (default: detect)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--limit", type=int, help="probe a seeded random sample of N facts (not the first N)")
     p.add_argument("--seed", type=int, help="probe seed (exemplars, sampling, --limit sample)")

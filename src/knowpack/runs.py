@@ -25,7 +25,7 @@ from knowpack import __version__
 from knowpack.compose import ComposeSettings, Composition, compose
 from knowpack.config import config_hash, save_config, to_dict
 from knowpack.errors import KnowpackError
-from knowpack.facts import FactSet
+from knowpack.facts import FORMATS, FactSet
 from knowpack.io import write_json, write_jsonl
 from knowpack.probe.slick import (ProbeSettings, answer_zero_shot, load_probe_cache, model_fingerprint,
                                   probe_facts, save_probe_cache, summarize_probe)
@@ -41,7 +41,8 @@ WORLD = "world"
 class RunConfig:
     model: str = field(default=WORLD, metadata={"help": "local model directory, hub id, or 'world'"})
     facts: str = field(default=WORLD, metadata={"help": "fact file (any supported format) or 'world'"})
-    facts_format: str = field(default="auto", metadata={"help": "fact file format; auto detects it"})
+    facts_format: str = field(default="auto", metadata={"choices": ("auto", *FORMATS),
+                                                        "help": "fact file format; auto detects it"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False

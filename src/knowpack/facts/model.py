@@ -63,9 +63,11 @@ class Fact:
 class FactSet:
     """An ordered collection of facts with unique ids."""
 
-    def __init__(self, facts: Iterable[Fact], source: str | None = None):
+    def __init__(self, facts: Iterable[Fact], source: str | None = None, format: str | None = None):
         self.facts: list[Fact] = list(facts)
         self.source = source
+        #: the input format the facts were read from (None when built in code)
+        self.format = format
         self._by_id = {f.id: f for f in self.facts}
         if len(self._by_id) != len(self.facts):
             seen: set[str] = set()
@@ -90,14 +92,14 @@ class FactSet:
         return [f.id for f in self.facts]
 
     def subset(self, ids: Iterable[str]) -> "FactSet":
-        return FactSet([self._by_id[i] for i in ids], source=self.source)
+        return FactSet([self._by_id[i] for i in ids], source=self.source, format=self.format)
 
     def sample(self, n: int, seed: int) -> "FactSet":
         """A seeded random sample of n facts (all of them if n >= len), in file order."""
         if n >= len(self.facts):
-            return FactSet(self.facts, source=self.source)
+            return FactSet(self.facts, source=self.source, format=self.format)
         picked = set(random.Random(seed).sample(range(len(self.facts)), n))
-        return FactSet([f for i, f in enumerate(self.facts) if i in picked], source=self.source)
+        return FactSet([f for i, f in enumerate(self.facts) if i in picked], source=self.source, format=self.format)
 
     def relations(self) -> list[str]:
         return sorted({f.relation for f in self.facts if f.relation})

@@ -35,7 +35,7 @@ def summarize(factset: FactSet, *, format: str | None = None, top_relations: int
     leaks = sum(1 for f in facts if any(a.strip().lower() in f.question.lower() for a in f.answers))
     return {
         "source": factset.source,
-        "format": format or getattr(factset, "format", None),
+        "format": format or factset.format,
         "count": n,
         "fingerprint": factset.fingerprint(),
         "relations": dict(relations.most_common(top_relations)),

@@ -1,4 +1,4 @@
-"""Plots drawn from result records only (matplotlib, Agg, PNG, written atomically).
+"""Plots drawn from result records only (matplotlib's Agg canvas, PNG, written atomically).
 
     from knowpack.report import plots
     plots.plot_reliability(records, out / "reliability.png")
@@ -15,13 +15,11 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # never a display, also when pyplot is imported elsewhere
-from matplotlib.figure import Figure  # noqa: E402
-
-from knowpack.io import write_bytes  # noqa: E402
-from knowpack.report.tables import condition, group, headline, mean_std, paper_short  # noqa: E402
+from knowpack.io import write_bytes
+from knowpack.report.tables import condition, group, headline, mean_std, paper_short
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +29,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 def _save(fig: Figure, path: str | Path) -> Path:
     buf = io.BytesIO()
+    FigureCanvasAgg(fig)  # the Agg canvas, whatever backend pyplot uses elsewhere; no display needed
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return write_bytes(path, buf.getvalue())
 

@@ -178,6 +178,98 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _headline_lines(metrics: dict[str, Any]) -> list[str]:
+    h = metrics.get("headline", {})
+
+    def pct(key: str) -> str:
+        v = h.get(key)
+        return "n/a" if v is None else f"{v:.1%}"
+
+    lines = [f"  reliability (few-shot, mean P_greedy): {pct('reliability')}   zero-shot: "
+             f"{pct('reliability_zero_shot')}   held-out paraphrases: {pct('generalisation_zero_shot')}",
+             f"  knowledge shift on {h.get('n_eval')} untrained facts: +{pct('positive_shift')} / "
+             f"-{pct('negative_shift')}   locality: {pct('locality')}"]
+    drops = {k: v for k, v in (metrics.get("benchmarks") or {}).items() if isinstance(v, dict)}
+    if drops:
+        lines.append("  benchmarks: " + ", ".join(
+            f"{k} {v.get('before', 0):.3f} -> {v.get('after', 0):.3f}" for k, v in drops.items()
+            if v.get("before") is not None))
+    rf = metrics.get("refusal_facts")
+    if rf:
+        lines.append(f"  refusals on refusal facts: {rf['before']:.1%} -> {rf['after']:.1%}")
+    return lines
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from knowpack.runs import full_run
+
+    cfg = _run_config(args)
+    out = Path(args.out or f"runs/{Path(args.config).stem}")
+    t0 = time.perf_counter()
+    metrics = full_run(cfg, out, progress=not args.no_progress, resume=not args.no_resume)
+    _out(f"run finished in {time.perf_counter() - t0:.0f} s: {metrics['run']['method']} on "
+         f"{metrics['run']['n_unknown']} Unknown facts")
+    for line in _headline_lines(metrics):
+        _out(line)
+    _out(f"  metrics: {out / 'metrics.json'}   report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from knowpack.report import write_sweep_report
+    from knowpack.sweep import run_sweep
+
+    out = Path(args.out or f"runs/{Path(args.config).stem}")
+    t0 = time.perf_counter()
+
+    def on_point(i: int, n: int, point: Any, state: str) -> None:
+        if state == "done":
+            _out(f"[{i}/{n}] {point.id}: already finished")
+        else:
+            elapsed = time.perf_counter() - t0
+            _out(f"[{i}/{n}] {point.id}: running ({elapsed:.0f} s elapsed)")
+
+    records = run_sweep(args.config, out, overrides=args.overrides, on_point=on_point)
+    report = write_sweep_report(out)
+    _out(f"sweep finished: {len(records)} runs in {time.perf_counter() - t0:.0f} s -> {out / 'results.jsonl'}")
+    _out(f"  report: {report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from knowpack.report import write_run_report, write_sweep_report
+
+    d = Path(args.dir)
+    if (d / "results.jsonl").exists():
+        path = write_sweep_report(d)
+    elif (d / "metrics.json").exists():
+        path = write_run_report(d)
+    else:
+        raise KnowpackError(f"'{d}' holds neither results.jsonl (a sweep) nor metrics.json (a run); "
+                            "run `knowpack run` or `knowpack sweep` first")
+    _out(f"report written to {path}")
+    return 0
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from knowpack.capacity import Budget, capacity_search
+
+    cfg = _run_config(args)
+    out = Path(args.out or f"runs/capacity-{Path(args.config).stem}")
+    budget = Budget(args.max_negative_shift, args.max_benchmark_drop, args.min_reliability)
+
+    def step(rec: dict[str, Any]) -> None:
+        h = rec["headline"]
+        _out(f"  n={rec['n_unknown']}: {'pass' if rec['pass'] else 'fail'} (reliability "
+             f"{h.get('reliability')}, negative shift {h.get('negative_shift')}) {'; '.join(rec['reasons'])}")
+
+    res = capacity_search(cfg, out, budget, start=args.start, max_n=args.max_n, on_step=step)
+    _out(f"capacity of {res['method']}: {res['capacity']} facts within the budget "
+         f"(first failing size: {res['first_failing']}); bits per trainable parameter: {res['bits_per_param']}")
+    _out(f"  details: {out / 'capacity.json'}")
+    return 0
+
+
 # --- LoKI: attribute / select --------------------------------------------------------------
 
 
@@ -294,6 +386,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint left in the run directory")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+
+    p = add("run", cmd_run, "one whole run: probe, compose, [attribute + select], train, evaluate, report",
+            epilog="Writes config.yaml, env.json, probe_before/after.jsonl, train.jsonl, adapter/, metrics.json, "
+                   "report.md and plots into the run directory.")
+    p.add_argument("config", help="run config YAML (see configs/)")
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint left in the run directory")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+
+    p = add("sweep", cmd_sweep, "run a grid of runs (the config's `grid:`), resumable; then write the report",
+            epilog="One line per finished run is appended to OUT/results.jsonl; rerun the same command to resume.")
+    p.add_argument("config", help="sweep config YAML: a run config plus `grid:` (see configs/paper-grid.yaml)")
+    p.add_argument("--out", help="sweep directory (default: runs/<config name>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+
+    p = add("report", cmd_report, "write report.md and plots for a run or sweep directory")
+    p.add_argument("dir", help="a run directory (metrics.json) or a sweep directory (results.jsonl)")
+
+    p = add("capacity", cmd_capacity, "find the largest number of facts a method packs within a damage budget")
+    p.add_argument("config", help="run config YAML; compose.n_unknown is searched")
+    p.add_argument("--max-negative-shift", type=float, required=True, help="e.g. 0.01 for 1%% of untrained facts")
+    p.add_argument("--max-benchmark-drop", type=float, required=True, help="mean relative drop, e.g. 0.01")
+    p.add_argument("--min-reliability", type=float, default=0.95, help="default 0.95")
+    p.add_argument("--start", type=int, default=10, help="first size tried (doubling from there)")
+    p.add_argument("--max-n", type=int, help="largest size to try")
+    p.add_argument("--out", help="directory (default: runs/capacity-<config name>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
 
     p = add("merge", cmd_merge, "fold an adapter (PEFT, LoKI or full) into a plain Hugging Face model")

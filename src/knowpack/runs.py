@@ -25,6 +25,7 @@ from knowpack import __version__
 from knowpack.compose import ComposeSettings, Composition, compose
 from knowpack.config import config_hash, save_config, to_dict
 from knowpack.errors import KnowpackError
+from knowpack.evaluate.stage import EvalSettings
 from knowpack.facts import FORMATS, FactSet
 from knowpack.io import write_json, write_jsonl
 from knowpack.probe.slick import (ProbeSettings, answer_zero_shot, load_probe_cache, model_fingerprint,
@@ -53,6 +54,7 @@ class RunConfig:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     compose: ComposeSettings = field(default_factory=ComposeSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
     def resolved(self) -> "RunConfig":
         """The config with the run seed copied into the stages it drives."""
@@ -192,9 +194,15 @@ class TrainedRun:
     result: TrainResult
     tokenizer: Any
     summary: dict[str, Any]
+    base_model_id: str = ""
+    pre_train: dict[str, Any] = field(default_factory=dict)
 
 
-def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, resume: bool = True) -> TrainedRun:
+PreTrainHook = Any  # Callable[[model, tokenizer, model_id], dict]
+
+
+def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, resume: bool = True,
+              pre_train_hook: PreTrainHook | None = None) -> TrainedRun:
     """probe (cached) → compose → [attribute + select for LoKI] → train → adapter, in `out_dir`."""
     from knowpack.models import load_model, set_seed
 
@@ -232,6 +240,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, res
                 "retention": zero_shot_accuracy(m, tok, facts, comp.retention_ids, cfg.probe.match),
                 "retention_start": retention_start}
 
+    pre_train = pre_train_hook(model, tok, base_id) if pre_train_hook else {}
     t1 = time.perf_counter()
     fingerprint = config_hash({"cfg": to_dict(cfg), "base": base_id, "train": comp.rows})
     result = train(model, tok, comp.rows, cfg.train, out, base_model=model_path(cfg), method_context=context,
@@ -249,4 +258,73 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, res
         "seconds_train_stage": round(time.perf_counter() - t1, 2),
     }
     write_json(out / "train_summary.json", train_summary)
-    return TrainedRun(out, cfg, facts, rows, comp, result, tok, train_summary)
+    return TrainedRun(out, cfg, facts, rows, comp, result, tok, train_summary, base_id, pre_train)
+
+
+# --- the whole run ---------------------------------------------------------------------------
+
+
+def answer_space(cfg: RunConfig) -> dict[str, int] | None:
+    """Answer-pool size per relation, where the facts come with one (the embedded world)."""
+    if cfg.facts != WORLD:
+        return None
+    from knowpack.io import read_json
+
+    info = read_json(world_dir() / "world.json")
+    pools = info.get("sizes", {}).get("answer_pools")
+    return {str(k): int(v) for k, v in pools.items()} if pools else None
+
+
+def full_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, resume: bool = True) -> dict[str, Any]:
+    """probe → compose → [select] → train → evaluate → report; returns the metrics record."""
+    from knowpack.evaluate import stage
+    from knowpack.evaluate.metrics import compute_metrics
+    from knowpack.report import write_run_report
+
+    out = Path(out_dir)
+    metrics_path = out / "metrics.json"
+    cfg = cfg.resolved()
+    bench = stage.resolve_benchmarks(cfg.eval, cfg.model, world_dir() if cfg.model == WORLD else None)
+
+    def before(model: Any, tok: Any, model_id: str) -> dict[str, Any]:
+        return stage.cached_benchmarks(model, tok, bench, cfg.eval, model_id, cache_root(cfg))
+
+    t0 = time.perf_counter()
+    run = train_run(cfg, out, progress=progress, resume=resume, pre_train_hook=before)
+    model, tok, facts, comp = run.result.model, run.tokenizer, run.facts, run.composition
+    t1 = time.perf_counter()
+    trained, eval_ids = comp.unknown_ids, comp.eval_ids
+    after_rows = stage.probe_after(model, tok, facts, trained + eval_ids, cfg.probe, progress=progress)
+    write_jsonl(out / "probe_after.jsonl", after_rows)
+    zero_shot = answer_zero_shot(model, tok, [facts[i].question for i in trained], batch_size=cfg.eval.batch_size)
+    para = stage.paraphrase_answers(model, tok, facts, trained, cfg.compose.held_out_share, cfg.compose.seed,
+                                    cfg.eval.batch_size) if cfg.eval.paraphrases else None
+    bench_after = stage.score_benchmarks(model, tok, bench, cfg.eval)
+    before_scores, refusal_before = stage.split_refusal(run.pre_train)
+    after_scores, refusal_after = stage.split_refusal(bench_after)
+    before_by_id = {r["id"]: r for r in run.probe_rows}
+    metrics = compute_metrics(
+        facts, [before_by_id[i] for i in trained + eval_ids], after_rows, trained, eval_ids,
+        zero_shot_answers=zero_shot, paraphrase_answers=para or None, benchmarks_before=before_scores,
+        benchmarks_after=after_scores, trainable_params=run.result.trainable_params,
+        answer_space_size=answer_space(cfg), match=cfg.probe.match,
+        refusal_patterns=cfg.probe.refusal_patterns, exploded_share=cfg.eval.exploded_share)
+    if refusal_before is not None and refusal_after is not None:
+        metrics["refusal_facts"] = {"before": refusal_before["rate"], "after": refusal_after["rate"],
+                                    "change": refusal_after["rate"] - refusal_before["rate"],
+                                    "denominator": refusal_before["n"],
+                                    "definition": refusal_before["definition"]}
+    metrics["run"] = {"method": cfg.train.method, "n_unknown": len(trained), "mixing": cfg.compose.mixing,
+                      "k": cfg.compose.k, "seed": cfg.seed, "trainable_params": run.result.trainable_params,
+                      "steps": run.result.steps, "stopped_early": run.result.stopped_early,
+                      "seconds": {"probe_and_train": round(t1 - t0, 2),
+                                  "evaluate": round(time.perf_counter() - t1, 2)}}
+    write_json(metrics_path, metrics)
+    write_run_report(out)
+    return metrics
+
+
+def full_run_record(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+    """One sweep line: the resolved config and the run's metrics."""
+    metrics = full_run(cfg, out_dir, progress=False)
+    return {"config": to_dict(cfg.resolved()), "metrics": metrics, "run_dir": str(out_dir)}

@@ -43,6 +43,15 @@ def test_grid_expands_and_validates_every_point(tmp_path):
     assert expand_grid({"a": [1, 2], "b": [3]}) == [{"a": 1, "b": 3}, {"a": 2, "b": 3}]
 
 
+def test_explicit_points_cross_the_grid(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("grid:\n  seed: [0, 1]\npoints:\n  - {compose.mixing: none}\n"
+                   "  - {compose.mixing: paraphrase, compose.k: 10}\n")
+    _, points = load_sweep(cfg)
+    got = sorted((p.config.seed, p.config.compose.mixing, p.config.compose.k) for p in points)
+    assert got == [(0, "none", 0), (0, "paraphrase", 10), (1, "none", 0), (1, "paraphrase", 10)]
+
+
 def test_torn_last_line_is_dropped_and_repaired(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text('{"point": "a"}\n{"point": "b"}\n{"poi')

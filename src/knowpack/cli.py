@@ -315,7 +315,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from knowpack.demo import run_demo
 
-    return run_demo(out=Path(args.out), printer=_out, progress=not args.no_progress)
+    return run_demo(Path(args.config), out=Path(args.out), printer=_out, progress=not args.no_progress)
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("demo", cmd_demo, "run the whole story on the embedded default world and print what it shows")
+    p.add_argument("config", nargs="?", default="configs/demo.yaml", help="demo sweep config (default: "
+                                                                        "configs/demo.yaml)")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -7,6 +7,14 @@ A sweep config is a run config plus a `grid:` mapping of dotted keys to lists of
       compose.mixing: [none, highly_known]
       seed: [0, 1, 2]
 
+Combinations that a product cannot express go in `points:`, a list of override mappings (crossed
+with `grid:` when both are given)::
+
+    points:
+      - {compose.mixing: none}
+      - {compose.mixing: highly_known, compose.k: 10}
+      - {train.method: loki}
+
 Every grid point is validated before anything runs. Each point runs in `SWEEP/runs/<point id>/`;
 when it finishes, one JSON line (config, metrics, timings) is appended to `SWEEP/results.jsonl` and
 fsynced. Killed at any moment, the sweep restarts by dropping a torn last line, skipping every point
@@ -75,12 +83,15 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (), config_cls: type
     if not isinstance(raw, dict):
         raise ConfigError(["the top level must be a mapping"], source=str(path))
     grid = raw.pop("grid", None) or {}
+    explicit = raw.pop("points", None) or [{}]
     problems = []
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(["grid: expected a mapping of dotted keys to non-empty lists"], source=str(path))
+    if not isinstance(explicit, list) or not all(isinstance(p, dict) for p in explicit):
+        raise ConfigError(["points: expected a list of mappings of dotted keys to values"], source=str(path))
     base = load_config(cls, path=None, data=raw, overrides=list(overrides))
     points = []
-    for combo in expand_grid(grid):
+    for combo in [{**g, **e} for e in explicit for g in expand_grid(grid)]:
         try:
             nested: dict[str, Any] = {}
             for key, value in combo.items():

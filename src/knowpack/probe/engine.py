@@ -27,6 +27,8 @@ engine's greedy answers against it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
@@ -110,6 +112,238 @@ def _pad_id(model: Any, tokenizer: Any) -> int:
     return 0
 
 
+class Arena:
+    """Reusable flat buffers, so the cache is not allocated afresh at every batch and compaction.
+
+    On a CPU, a fresh large tensor costs a page fault per 4 KiB touched; with hundreds of rows that
+    cost more than the attention itself. Buffers live for one `generate` call.
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def take(self, key: tuple[Any, ...], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        n = 1
+        for d in shape:
+            n *= d
+        flat = self._flat.get(key)
+        if flat is None or flat.numel() < n or flat.dtype != like.dtype or flat.device != like.device:
+            flat = self._flat[key] = like.new_empty(max(n, flat.numel() if flat is not None else 0))
+        return flat[:n].view(shape)
+
+
+def _buffered_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferedLayer(DynamicLayer):
+        """A full-attention cache layer that writes into preallocated buffers.
+
+        `DynamicLayer` concatenates the whole cache at every step, which made copying the cache the
+        largest cost of sampling many rows on a CPU; here each step writes one slice, and gathering
+        rows (to expand prefixes, repeat prompts for samples, drop finished rows) copies between two
+        arena buffers. `keys` and `values` are views of the filled part, as in `DynamicLayer`.
+        """
+
+        def __init__(self, index: int, arena: Arena, reserve: int = 0):
+            super().__init__()
+            self.index, self.arena, self.reserve, self.length, self.slot = index, arena, reserve, 0, 0
+            self._k: torch.Tensor | None = None
+            self._v: torch.Tensor | None = None
+
+        def lazy_initialization(self, key_states, value_states):
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self.is_initialized = True
+
+        def _views(self):
+            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+
+        def _buffers(self, rows: int, cap: int, slot: int):
+            k_shape = (rows, self._k.shape[1] if self._k is not None else self._kh, cap, self._kd)
+            v_shape = (rows, k_shape[1], cap, self._vd)
+            return (self.arena.take(("k", self.index, slot), k_shape, self._like),
+                    self.arena.take(("v", self.index, slot), v_shape, self._like))
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            need = self.length + n
+            if self._k is None:
+                self._kh, self._kd, self._vd, self._like = key_states.shape[1], key_states.shape[3], \
+                    value_states.shape[3], key_states
+                self._k, self._v = self._buffers(key_states.shape[0], need + self.reserve, self.slot)
+            elif need > self._k.shape[2]:  # beyond the reserve: grow (not expected in probing)
+                k = key_states.new_empty(*self._k.shape[:2], max(need, 2 * self._k.shape[2]), self._k.shape[3])
+                v = value_states.new_empty(*self._v.shape[:2], k.shape[2], self._v.shape[3])
+                k[:, :, :self.length], v[:, :, :self.length] = self.keys, self.values
+                self._k, self._v = k, v
+            self._k[:, :, self.length:need] = key_states
+            self._v[:, :, self.length:need] = value_states
+            self.length = need
+            self._views()
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def batch_select_indices(self, indices):
+            if self._k is None:
+                return
+            indices = indices.to(self._k.device)
+            self.slot = 1 - self.slot
+            k, v = self._buffers(len(indices), self._k.shape[2], self.slot)
+            torch.index_select(self._k, 0, indices, out=k)
+            torch.index_select(self._v, 0, indices, out=v)
+            self._k, self._v = k, v
+            self._views()
+
+        def batch_repeat_interleave(self, repeats: int):
+            if self._k is not None:
+                rows = torch.arange(self._k.shape[0], device=self._k.device)
+                self.batch_select_indices(rows.repeat_interleave(repeats))
+
+        def crop(self, tokens_to_remove: int):
+            raise NotImplementedError("the probe engine never crops its cache")
+
+        def reset(self):
+            self._k = self._v = self.keys = self.values = None
+            self.length, self.is_initialized = 0, False
+
+    return BufferedLayer
+
+
+_BUFFERED: type | None = None
+
+
+def new_cache(model: Any, reserve: int, arena: Arena | None = None):
+    """A `DynamicCache` for `model` whose full-attention layers write into preallocated buffers.
+
+    Layers of other kinds (sliding window, linear attention) keep their own implementation.
+    """
+    global _BUFFERED
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if _BUFFERED is None:
+        _BUFFERED = _buffered_layer_class()
+    arena = arena if arena is not None else Arena()
+    cache = DynamicCache(config=model.config)
+    if cache.layers:
+        cache.layers = [_BUFFERED(i, arena, reserve) if type(layer) is DynamicLayer else layer
+                        for i, layer in enumerate(cache.layers)]
+    elif cache.layer_class_to_replicate is DynamicLayer:
+        counter = iter(range(1 << 30))
+        cache.layer_class_to_replicate = lambda: _BUFFERED(next(counter), arena, reserve)
+    return cache
+
+
+# --- shared-prefix ("cascade") attention ------------------------------------------------------
+
+CASCADE_ATTENTION = "knowpack_cascade"
+CASCADE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+_STATE: contextvars.ContextVar["_CascadeState | None"] = contextvars.ContextVar("knowpack_cascade", default=None)
+
+
+def cascade_supported(model: Any) -> bool:
+    """Whether `model`'s attention is plain causal softmax attention (no sliding window, soft-cap, sinks)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in CASCADE_MODEL_TYPES:
+        return False
+    types = getattr(cfg, "layer_types", None)
+    if types is not None:
+        return all(t == "full_attention" for t in types)
+    return getattr(cfg, "sliding_window", None) is None or getattr(cfg, "use_sliding_window", True) is False
+
+
+class _CascadeState:
+    """The shared prefixes of a batch, kept once, and which prefix each live row reads."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], prefix_mask: torch.Tensor,
+                 which: torch.Tensor):
+        # float32 once per batch; values at pad positions zeroed so that a zero weight times a
+        # non-finite value (a fully padded prefix) cannot leak into the output
+        keep = prefix_mask[:, None, :, None]
+        self.keys = [k.float() for k in keys]
+        self.values = [torch.where(keep, v.float(), 0.0) for v in values]
+        self.prefix_mask = prefix_mask
+        self.own_mask: torch.Tensor | None = None
+        self.set_rows(which)
+
+    def set_rows(self, which: torch.Tensor) -> None:
+        self.which = which
+        self.row_mask = self.prefix_mask[which]
+        # rows of one prefix are contiguous (batches are sorted by prefix); runs are found anyway
+        ids, counts = torch.unique_consecutive(which, return_counts=True)
+        ends = counts.cumsum(0).tolist()
+        self.groups = [(j, a, b) for j, a, b in zip(ids.tolist(), [0] + ends[:-1], ends)]
+
+
+def _cascade_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Softmax attention over [shared prefix | own tokens], with the prefix read once per distinct prefix.
+
+    Rows sharing a prefix attend to one copy of its keys and values; the own part (suffix and
+    generated tokens) is per row and causal. One softmax spans both, so the result is ordinary
+    attention over the row's whole sequence. Returns (batch, q, heads, dim) like HF's sdpa path.
+    """
+    st = _STATE.get()
+    if st is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    rows, heads, q_len, dim = query.shape
+    kv_heads, own_len = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    gq = group * q_len
+    scale = scaling if scaling is not None else dim ** -0.5
+    qf = (query.float() * scale).reshape(rows, kv_heads, gq, dim)
+    neg = torch.finfo(torch.float32).min
+
+    own = qf @ key.float().transpose(-1, -2)  # rows, kv_heads, gq, own_len
+    causal = torch.arange(own_len, device=query.device)[None, :] <= \
+        torch.arange(own_len - q_len, own_len, device=query.device)[:, None]
+    allowed = (st.own_mask.bool()[:, None, None, :] & causal[None, None]).repeat(1, 1, group, 1)
+    own.masked_fill_(~allowed, neg)
+
+    kp, vp = st.keys[module.layer_idx], st.values[module.layer_idx]
+    p_len = kp.shape[2]
+    pre = qf.new_empty(rows, kv_heads, gq, p_len)
+    for j, a, b in st.groups:
+        qj = qf[a:b].transpose(0, 1).reshape(kv_heads, -1, dim)
+        pre[a:b] = (qj @ kp[j].transpose(-1, -2)).view(kv_heads, b - a, gq, p_len).transpose(0, 1)
+    pre.masked_fill_(~st.row_mask[:, None, None, :], neg)
+
+    probs = torch.softmax(torch.cat([pre, own], dim=-1), dim=-1)
+    out = probs[..., p_len:] @ value.float()
+    p_pre = probs[..., :p_len]
+    for j, a, b in st.groups:
+        pj = p_pre[a:b].transpose(0, 1).reshape(kv_heads, -1, p_len)
+        out[a:b] += (pj @ vp[j]).view(kv_heads, b - a, gq, -1).transpose(0, 1)
+    out = out.view(rows, kv_heads, group, q_len, -1).reshape(rows, heads, q_len, -1)
+    return out.transpose(1, 2).to(query.dtype).contiguous(), None
+
+
+@contextlib.contextmanager
+def _cascade(model: Any, state: "_CascadeState | None"):
+    """Run `model` with cascade attention over `state` (a no-op when `state` is None)."""
+    if state is None:
+        yield
+        return
+    from transformers import AttentionInterface
+
+    if CASCADE_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(CASCADE_ATTENTION, _cascade_attention)
+    cfg = model.config
+    before = cfg._attn_implementation_internal
+    token = _STATE.set(state)
+    cfg._attn_implementation_internal = CASCADE_ATTENTION
+    try:
+        yield
+    finally:
+        cfg._attn_implementation_internal = before
+        _STATE.reset(token)
+
+
 @dataclass
 class _Item:
     index: int  # position in the caller's list
@@ -121,12 +355,20 @@ class HFEngine:
     """Batched greedy + sampled generation on a Hugging Face causal LM (see the module docstring).
 
     `batch_size` is the number of prompts per batch; each prompt adds `greedy + n_samples` rows.
+    `cascade` (default: where the architecture allows) keeps each shared prefix's keys and values
+    once per batch instead of once per row, which cuts attention reads and cache copies several-fold
+    when few-shot prefixes are long; without it the prefix cache is copied to every row.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32):
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, cascade: bool | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        supported = cascade_supported(model)
+        if cascade and not supported:
+            log.warning("cascade attention is not supported for %s; copying prefixes per row instead",
+                        getattr(model.config, "model_type", type(model).__name__))
+        self.cascade = supported if cascade is None else bool(cascade and supported)
         self.pad_id = _pad_id(model, tokenizer)
         self.eos_ids = eos_token_ids(model, tokenizer)
 
@@ -190,12 +432,14 @@ class HFEngine:
             is_stop[torch.tensor(ends, device=device)] = True
 
         results: list[Completions | None] = [None] * len(items)
+        arena = Arena()
         for b, start in enumerate(range(0, len(items), self.batch_size)):
             batch = items[start:start + self.batch_size]
             gen = torch.Generator(device=device)
             gen.manual_seed((seed * 1_000_003 + b) % (2**63))
             tokens = self._run_batch(batch, greedy=greedy, n_samples=n_samples, temperature=temperature,
-                                     top_k=top_k, max_new_tokens=max_new_tokens, is_stop=is_stop, generator=gen)
+                                     top_k=top_k, max_new_tokens=max_new_tokens, is_stop=is_stop, generator=gen,
+                                     arena=arena)
             per = int(greedy) + n_samples
             for j, it in enumerate(batch):
                 rows = [decode_answer(self.tokenizer, t, stop) for t in tokens[j * per:(j + 1) * per]]
@@ -204,24 +448,29 @@ class HFEngine:
                 progress(len(batch))
         return results  # type: ignore[return-value]
 
-    def _forward(self, input_ids, attention_mask, position_ids, cache):
+    def _forward(self, input_ids, attention_mask, position_ids, cache, state=None):
+        if state is not None:
+            state.own_mask = attention_mask
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float()
 
     def _run_batch(self, batch: list[_Item], *, greedy: bool, n_samples: int, temperature: float, top_k: int,
-                   max_new_tokens: int, is_stop: torch.Tensor, generator: torch.Generator) -> list[list[int]]:
+                   max_new_tokens: int, is_stop: torch.Tensor, generator: torch.Generator,
+                   arena: Arena) -> list[list[int]]:
         """Generated token ids per row (prompt-major; greedy row first), each ending at its stop token."""
-        from transformers import DynamicCache
-
         device = self.model.device
-        cache = DynamicCache(config=self.model.config)
+        s_len = max(len(it.suffix) for it in batch)
+        cache = new_cache(self.model, reserve=s_len + max_new_tokens, arena=arena)
 
-        # 1. distinct prefixes, left-padded, once each
+        # 1. distinct prefixes, left-padded, once each: their cache goes either to a cascade state
+        #    (read once per prefix) or, gathered, to every row's own cache
         prefixes = list(dict.fromkeys(it.prefix for it in batch))
         which = torch.tensor([prefixes.index(it.prefix) for it in batch], device=device)
         p_len = max(len(p) for p in prefixes)
         p_lens = torch.tensor([len(p) for p in prefixes], device=device)
+        state = None
+        mask = torch.zeros((len(batch), 0), dtype=torch.long, device=device)
         if p_len:
             ids = torch.full((len(prefixes), p_len), self.pad_id, dtype=torch.long, device=device)
             for r, p in enumerate(prefixes):
@@ -229,15 +478,21 @@ class HFEngine:
                     ids[r, p_len - len(p):] = torch.tensor(p, device=device)
             p_mask = (torch.arange(p_len, device=device)[None, :] >= (p_len - p_lens)[:, None]).long()
             p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
-            self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1)
-            cache.batch_select_indices(which)
-            mask = p_mask[which]
-        else:
-            mask = torch.zeros((len(batch), 0), dtype=torch.long, device=device)
+            if self.cascade:
+                from transformers import DynamicCache
+
+                p_cache = DynamicCache(config=self.model.config)
+                self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, past_key_values=p_cache,
+                           use_cache=True, logits_to_keep=1)
+                state = _CascadeState([layer.keys for layer in p_cache.layers],
+                                      [layer.values for layer in p_cache.layers], p_mask.bool(), which)
+            else:
+                self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, past_key_values=cache,
+                           use_cache=True, logits_to_keep=1)
+                cache.batch_select_indices(which)
+                mask = p_mask[which]
 
         # 2. suffixes, right-aligned after the prefix block, with explicit positions
-        s_len = max(len(it.suffix) for it in batch)
         ids = torch.full((len(batch), s_len), self.pad_id, dtype=torch.long, device=device)
         for r, it in enumerate(batch):
             ids[r, s_len - len(it.suffix):] = torch.tensor(it.suffix, device=device)
@@ -246,8 +501,15 @@ class HFEngine:
         offset = p_lens[which]
         s_pos = (offset[:, None] + s_mask.cumsum(-1) - 1).clamp(min=0)
         mask = torch.cat([mask, s_mask], dim=1)
-        logits = self._forward(ids, mask, s_pos, cache)
-        last_pos = offset + s_lens - 1
+        with _cascade(self.model, state):
+            return self._decode(cache, state, ids, mask, s_pos, offset + s_lens - 1, which, greedy=greedy,
+                                n_samples=n_samples, temperature=temperature, top_k=top_k,
+                                max_new_tokens=max_new_tokens, is_stop=is_stop, generator=generator)
+
+    def _decode(self, cache, state, ids, mask, pos, last_pos, which, *, greedy, n_samples, temperature, top_k,
+                max_new_tokens, is_stop, generator) -> list[list[int]]:
+        device = ids.device
+        logits = self._forward(ids, mask, pos, cache, state)
 
         # 3. one row per greedy answer and sample, sharing the prefill
         per = int(greedy) + n_samples
@@ -256,6 +518,9 @@ class HFEngine:
             logits = logits.repeat_interleave(per, dim=0)
             mask = mask.repeat_interleave(per, dim=0)
             last_pos = last_pos.repeat_interleave(per, dim=0)
+            which = which.repeat_interleave(per, dim=0)
+            if state is not None:
+                state.set_rows(which)
         n_rows = logits.shape[0]
         sampled = torch.ones(n_rows, dtype=torch.bool, device=device)
         if greedy:
@@ -276,10 +541,12 @@ class HFEngine:
                 keep = (~live_done).nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
                 active, nxt, mask, last_pos = active[keep], nxt[keep], mask[keep], last_pos[keep]
-                live_done = live_done[keep]
+                live_done, which = live_done[keep], which[keep]
+                if state is not None:
+                    state.set_rows(which)
             mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
             last_pos = last_pos + 1
-            logits = self._forward(nxt[:, None], mask, last_pos[:, None], cache)
+            logits = self._forward(nxt[:, None], mask, last_pos[:, None], cache, state)
 
         rows = out.tolist()
         return [[t for t in row if t >= 0] for row in rows]

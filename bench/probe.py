@@ -1,0 +1,128 @@
+"""Probing benchmark: the batched engine vs one `model.generate` per prompt, greedy, same prompts.
+
+    .venv/bin/python bench/probe.py [--facts 300] [--prompts-per-fact 2] [--threads 2]
+
+Uses the embedded world (src/knowpack/data/world/model and facts.jsonl) when it exists; otherwise a
+random Llama of the world's shape with a generated fact set (said in the output). Both paths get
+the same SliCK few-shot prompts (4 same-relation shots). The naive loop is given the same early stop
+at the end of the answer line, so the ratio measures batching and shared prefixes, not only the
+stop; the ratio against a plain loop without it (timed on a subset, scaled per prompt) is reported
+as `ratio_vs_plain_loop`. The last line printed is a JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from knowpack.facts import Fact, FactSet, load_facts
+from knowpack.models import load_model, tiny_model, tiny_tokenizer
+from knowpack.probe import HFEngine, ProbeSettings, build_probe_prompts, naive_generate, probe_facts
+
+WORLD = Path(__file__).resolve().parent.parent / "src" / "knowpack" / "data" / "world"
+
+
+def fallback_world(n_facts: int, seed: int = 0):
+    """A random Llama of the world's shape (hidden 128, 4 layers, FFN 512) and generated facts.
+
+    A random model rarely emits a newline, so its answers would all run to max_new_tokens; the
+    output row of the newline token is set to a scaled copy of a common token's row so that answers
+    end after a few tokens, as a trained model's do.
+    """
+    rng = random.Random(seed)
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", seed=seed, vocab_size=len(tok), hidden_size=128, layers=4, intermediate_size=512,
+                       heads=4, kv_heads=4, max_positions=512)
+    relations = {"birthplace": "Where was {} born?", "employer": "Who employs {}?",
+                 "profession": "What is the profession of {}?", "founded": "In which year did {} found a company?"}
+    syll = ["ka", "lo", "mi", "ra", "ten", "vo", "zu", "bel", "dor", "fi", "gan", "sol"]
+    facts = []
+    for i in range(n_facts):
+        rel = list(relations)[i % len(relations)]
+        name = "".join(rng.choice(syll) for _ in range(3)).title() + " " + "".join(rng.choice(syll) for _ in range(2)).title()
+        facts.append(Fact(id=f"b{i}", question=relations[rel].format(name), relation=rel, subject=name,
+                          answers=("".join(rng.choice(syll) for _ in range(2)).title(),)))
+    enc = tok("Question: Where was Kalo Mi born?\nAnswer:", return_tensors="pt")
+    common = model.generate(**enc, do_sample=False, max_new_tokens=4, pad_token_id=0)[0, -1].item()
+    with torch.no_grad():
+        model.lm_head.weight[tok.convert_tokens_to_ids("Ċ")] = model.lm_head.weight[common] * 1.05
+    return model, tok, FactSet(facts, source="generated"), "tiny random Llama (world shape) + generated facts"
+
+
+def load_world(n_facts: int):
+    if (WORLD / "model" / "config.json").exists() and (WORLD / "facts.jsonl").exists():
+        model, tok = load_model(WORLD / "model", device="cpu", dtype="float32")
+        facts = load_facts(WORLD / "facts.jsonl")
+        return model, tok, facts.sample(n_facts, seed=0), f"embedded world ({WORLD.relative_to(WORLD.parents[3])})"
+    return fallback_world(n_facts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--facts", type=int, default=300)
+    ap.add_argument("--prompts-per-fact", type=int, default=2, help="first k of the 10 SliCK prompts of each fact")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plain-subset", type=int, default=40, help="prompts timed for the loop without early stop")
+    ap.add_argument("--probe-facts", type=int, default=40, help="facts for the full-probe rate (0: skip)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+
+    model, tok, facts, source = load_world(args.facts)
+    print(f"model: {source}; {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+          f"{len(facts)} facts, {args.threads} threads", flush=True)
+    per_fact = build_probe_prompts(facts, tok, n_prompts=10, shots=4, seed=0)
+    prompts = [p for ps in per_fact for p in ps[:args.prompts_per_fact]]
+    print(f"prompts: {len(prompts)} ({len({p.prefix for p in prompts})} distinct few-shot prefixes)", flush=True)
+
+    engine = HFEngine(model, tok, batch_size=args.batch_size)
+    engine.generate(prompts[:8])  # warm-up (stop-token table, allocator)
+    naive_generate(model, tok, prompts[:2])
+
+    t0 = time.perf_counter()
+    fast = [c.greedy for c in engine.generate(prompts, greedy=True, n_samples=0, max_new_tokens=32)]
+    t_engine = time.perf_counter() - t0
+    print(f"engine: {t_engine:.2f} s ({len(prompts) / t_engine:.1f} prompts/s)", flush=True)
+
+    t0 = time.perf_counter()
+    slow = naive_generate(model, tok, prompts, max_new_tokens=32)
+    t_naive = time.perf_counter() - t0
+    print(f"naive generate loop (stops at newline): {t_naive:.2f} s ({len(prompts) / t_naive:.1f} prompts/s)",
+          flush=True)
+    agree = sum(a == b for a, b in zip(fast, slow)) / len(prompts)
+    print(f"greedy agreement: {agree:.4f}; mean answer length {sum(map(len, fast)) / len(fast):.1f} chars", flush=True)
+
+    sub = prompts[:: max(1, len(prompts) // args.plain_subset)][:args.plain_subset]
+    t0 = time.perf_counter()
+    naive_generate(model, tok, sub, max_new_tokens=32, stop_early=False)
+    t_plain = (time.perf_counter() - t0) / len(sub) * len(prompts)
+    print(f"plain generate loop (32 tokens, no stop), scaled from {len(sub)} prompts: {t_plain:.2f} s", flush=True)
+
+    result = {"bench": "probe", "ratio": round(t_naive / t_engine, 2), "agreement": round(agree, 4),
+              "ratio_vs_plain_loop": round(t_plain / t_engine, 2), "prompts": len(prompts),
+              "engine_s": round(t_engine, 3), "naive_s": round(t_naive, 3), "model": source,
+              "threads": args.threads, "batch_size": args.batch_size}
+    if args.probe_facts:
+        settings = ProbeSettings(batch_size=args.batch_size)
+        subset = FactSet(list(facts)[:args.probe_facts])
+        t0 = time.perf_counter()
+        rows = probe_facts(model, tok, subset, settings, progress=False, exemplars=facts)
+        t_probe = time.perf_counter() - t0
+        counts = {c: sum(r["category"] == c for r in rows) for c in ("HighlyKnown", "MaybeKnown", "WeaklyKnown",
+                                                                     "Unknown")}
+        print(f"full probe (10 prompts x (greedy + 16 samples)): {len(rows) / t_probe:.2f} facts/s; {counts}",
+              flush=True)
+        result["probe_facts_per_s"] = round(len(rows) / t_probe, 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

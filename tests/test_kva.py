@@ -21,6 +21,15 @@ from knowpack.methods.loki.kva import (
 )
 from knowpack.models import TINY_ARCHS, tiny_model, tiny_tokenizer
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These models are tiny: a second thread only adds synchronisation, which is slow on a shared CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SMALL = dict(hidden_size=32, layers=3, intermediate_size=64, heads=4, kv_heads=2)
 RTOL = 1e-5
 

@@ -198,6 +198,15 @@ def test_shape_dtype_and_model_state_restored():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_works_under_inference_mode():
+    model = tiny_model("llama", seed=2, **SMALL)
+    prompts = _prompts((4,), seed=6)
+    expected = attribute_ids(model, prompts, steps=2, progress=False)
+    with torch.inference_mode():
+        got = attribute_ids(model, prompts, steps=2, progress=False)
+    assert torch.equal(got, expected)
+
+
 def test_bfloat16_model_gives_float32_scores():
     model = tiny_model("llama", seed=1, dtype=torch.bfloat16, **SMALL)
     prompts = _prompts((6, 4), seed=5)

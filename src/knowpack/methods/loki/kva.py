@@ -16,7 +16,9 @@ Two implementations that agree to float noise:
   earlier positions. The prefix runs once without grad into a KV cache; then only the last token
   runs, for all L·m (layer, α) rows at once and one backward. A row replacing layer l is clean below
   l, so it joins the batch at layer l with output h_mid_l + α·z_l (h_mid_l: the clean residual
-  stream after attention); each layer runs only on rows already perturbed below it.
+  stream after attention); each layer runs only on rows already perturbed below it. A prompt's
+  rows sit side by side on the query axis (all at the last position, a mask letting each see the
+  prefix and its own key), so the prefix cache is shared, never copied per row.
 
     scores = attribute(model, tokenizer, prompts)                     # float32 [N, L, D]
     save_scores("scores.safetensors", scores, ids, {"model": name})
@@ -182,7 +184,7 @@ def _attribution_mode(model: torch.nn.Module):
         p.requires_grad_(False)
     model.eval()
     try:
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             yield
     finally:
         for p, flag in flags:
@@ -213,7 +215,7 @@ def _reference_one(model: torch.nn.Module, downs: list[torch.nn.Linear], ids: li
     handles = [d.register_forward_hook(capture(i)) for i, d in enumerate(downs)]
     try:
         with torch.no_grad():
-            logits = model(input_ids=x, logits_to_keep=1).logits[0, -1]
+            logits = model(input_ids=x, use_cache=False, logits_to_keep=1).logits[0, -1]
     finally:
         for h in handles:
             h.remove()
@@ -230,7 +232,7 @@ def _reference_one(model: torch.nn.Module, downs: list[torch.nn.Linear], ids: li
 
         handle = down.register_forward_hook(replace)
         try:
-            logits = model(input_ids=batch, logits_to_keep=1).logits[:, -1].float()
+            logits = model(input_ids=batch, use_cache=False, logits_to_keep=1).logits[:, -1].float()
         finally:
             handle.remove()
         prob = torch.softmax(logits, dim=-1)[:, target]
@@ -452,9 +454,8 @@ def attribute_ids(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], *,
     id_lists = [list(map(int, ids)) for ids in token_ids]
     if any(len(ids) == 0 for ids in id_lists):
         raise KnowpackError("an attribution prompt has no tokens")
-    scores = torch.empty(len(id_lists), num_layers, hidden, dtype=torch.float32)
     if not id_lists:
-        return scores
+        return torch.empty(0, num_layers, hidden, dtype=torch.float32)
     from tqdm.auto import tqdm
 
     group = batch_prompts if method == "fast" else 1
@@ -463,8 +464,9 @@ def attribute_ids(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], *,
         list(range(len(id_lists)))
     start = time.perf_counter()
     masks = _maskable_attention(model) if method == "fast" else contextlib.nullcontext()
-    with _attribution_mode(model), masks, tqdm(total=len(id_lists), desc=f"KVA ({method})", unit="prompt",
-                                        disable=not progress) as bar:
+    bar = tqdm(total=len(id_lists), desc=f"KVA ({method})", unit="prompt", disable=not progress)
+    with _attribution_mode(model), masks, bar:
+        scores = torch.empty(len(id_lists), num_layers, hidden, dtype=torch.float32)
         for lo in range(0, len(order), group):
             idx = order[lo: lo + group]
             if method == "fast":

@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 dev: $(VENV)/.dev-installed
 
 demo: $(VENV)/.installed
-	$(BIN)/knowpack demo
+	$(BIN)/knowpack demo configs/demo.yaml --out runs/demo
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q

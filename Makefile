@@ -4,6 +4,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
+# Idle OpenMP threads spinning on a small shared CPU slow torch several-fold.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test bench venv dev clean world
 

@@ -48,23 +48,9 @@ METHODS = ("fast", "reference")
 DEFAULT_STEPS = 7
 DEFAULT_BATCH_PROMPTS = 4
 
-MMLU_TEMPLATE = (
-    "There is a single choice question about {subject}. Answer the question by replying A, B, C or D.\n"
-    "Question: {question}\nChoices:\nA. {c0}\nB. {c1}\nC. {c2}\nD. {c3}\nAnswer: "
-)
-ANSWER_LETTERS = ("A", "B", "C", "D")
-
-
-# --- attribution prompts --------------------------------------------------------------------
-
-def format_mmlu(question: str, choices: Sequence[str], subject: str, tokenizer: Any = None) -> str:
-    """The zero-shot MMLU prompt of SPEC §5.1; wrapped as a user turn when the tokenizer has a chat template."""
-    text = MMLU_TEMPLATE.format(subject=subject.replace("_", " "), question=question,
-                                c0=choices[0], c1=choices[1], c2=choices[2], c3=choices[3])
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    return text
+# The MMLU prompt has one home, shared with the benchmark scorer.
+from knowpack.evaluate.mc import LETTERS as ANSWER_LETTERS  # noqa: E402
+from knowpack.evaluate.mc import MMLU_TEMPLATE, format_mmlu  # noqa: E402,F401
 
 
 def _check_str(row: dict, key: str, where: dict, *, required: bool = True) -> str | None:

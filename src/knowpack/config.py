@@ -334,7 +334,10 @@ def _read_yaml(path: Path, ctx: _Ctx) -> Any:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ConfigError([f"line {line}: invalid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"],
                           source=source) from None
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader rejects control characters here, before any parsing
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError([_reader_problem(text, exc)], source=source) from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -351,6 +354,13 @@ def _read_yaml(path: Path, ctx: _Ctx) -> Any:
         ctx.problems.append(f"line {line}: key '{dup}' is given twice (first at line {first}); keep one")
     _key_lines(node, "", ctx.lines)
     return {} if data is None else data
+
+
+def _reader_problem(text: str, exc: Any) -> str:
+    """'line N: ...' for a character YAML does not allow (control characters, U+FFFE, ...)."""
+    line = text.count("\n", 0, exc.position) + 1
+    char = exc.character if isinstance(exc.character, str) else chr(exc.character or 0)
+    return f"line {line}: character U+{ord(char):04X} is not allowed in YAML; remove it"
 
 
 def _parse_value(text: str) -> Any:

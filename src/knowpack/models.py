@@ -74,8 +74,10 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
 
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ModelError(f"cannot load a tokenizer from '{name_or_path}': {exc}") from None
+    except (OSError, ValueError, TypeError) as exc:  # missing files, unreadable tokenizer.json, bad config
+        raise ModelError(f"cannot load a tokenizer from '{name_or_path}': {_first_line(exc)}; the directory "
+                         "needs the tokenizer files (tokenizer.json, tokenizer_config.json) saved with "
+                         "`tokenizer.save_pretrained`") from None
     if tok.pad_token is None:
         # Decoder-only models often ship without a pad token; EOS is the usual stand-in and is
         # safe because padded positions are always masked out.
@@ -97,6 +99,10 @@ def load_model(name_or_path: str | os.PathLike, *, device: str = "auto", dtype: 
         name = str(Path(name).expanduser())
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    # The tokenizer first: it is cheap, and a broken one should not cost a large model's load time.
+    tok = load_tokenizer(name, trust_remote_code=trust_remote_code) if with_tokenizer else None
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None
@@ -104,14 +110,32 @@ def load_model(name_or_path: str | os.PathLike, *, device: str = "auto", dtype: 
     except OSError as exc:
         raise ModelError(f"cannot load model '{name}': {exc}. Without internet, pass a local directory "
                          "that holds config.json and *.safetensors") from None
+    except SafetensorError as exc:
+        raise ModelError(f"model '{name}': a weights file is corrupt or truncated ({exc}); copy or save "
+                         "the model again") from None
     except ValueError as exc:
-        if "trust_remote_code" in str(exc):
+        text = str(exc)
+        if "trust_remote_code" in text:
             raise ModelError(f"model '{name}' needs custom code; pass --trust-remote-code if you trust it") from None
-        raise
+        if "model_type" in text or "does not recognize this architecture" in text or "Unrecognized" in text:
+            import transformers
+
+            raise ModelError(f"model '{name}' has an architecture this transformers ({transformers.__version__}) "
+                             f"does not know: {_first_line(exc)} Check model_type in config.json, upgrade "
+                             "transformers, or pass --trust-remote-code if the model ships its own code") from None
+        raise ModelError(f"cannot load model '{name}': {_first_line(exc)}") from None
+    except RuntimeError as exc:
+        if "mismatch" not in str(exc) and "size" not in str(exc):
+            raise
+        raise ModelError(f"model '{name}': the weights do not fit the shapes in config.json ({_first_line(exc)}); "
+                         "were config.json and the weights saved from the same model?") from None
     model.to(dev)
     model.eval()
-    tok = load_tokenizer(name, trust_remote_code=trust_remote_code) if with_tokenizer else None
     return model, tok
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # --- tiny random models for tests and benchmarks -------------------------------------------

@@ -31,9 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import yaml
-
-from knowpack.config import load_config, to_dict
+from knowpack.config import _Ctx, _read_yaml, load_config, to_dict
 from knowpack.errors import ConfigError
 from knowpack.io import append_jsonl, write_text
 
@@ -74,12 +72,12 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (), config_cls: type
     from knowpack.runs import RunConfig
 
     cls = config_cls or RunConfig
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(["file not found; check the path"], source=str(path)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"invalid YAML: {exc}"], source=str(path)) from None
+    # The config reader, not plain yaml.safe_load: `1e-3` is a float, keys given twice are errors,
+    # and syntax errors name the line.
+    ctx = _Ctx()
+    raw = _read_yaml(Path(path), ctx)
+    if ctx.problems:
+        raise ConfigError(ctx.problems, source=str(path))
     if not isinstance(raw, dict):
         raise ConfigError(["the top level must be a mapping"], source=str(path))
     grid = raw.pop("grid", None) or {}
@@ -89,7 +87,10 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (), config_cls: type
         raise ConfigError(["grid: expected a mapping of dotted keys to non-empty lists"], source=str(path))
     if not isinstance(explicit, list) or not all(isinstance(p, dict) for p in explicit):
         raise ConfigError(["points: expected a list of mappings of dotted keys to values"], source=str(path))
-    base = load_config(cls, path=None, data=raw, overrides=list(overrides))
+    try:
+        base = load_config(cls, path=None, data=raw, overrides=list(overrides))
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=str(path)) from None
     points = []
     for combo in [{**g, **e} for e in explicit for g in expand_grid(grid)]:
         try:

@@ -70,6 +70,63 @@ class _Reader:
         return InputError(message, path=self.name, line=line, field=field)
 
 
+class _Obj(dict):
+    """A JSON object that remembers keys given twice (json keeps only the last value of each)."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = _Obj(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.repeated = tuple(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    return obj
+
+
+def _json_loads(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_object)
+
+
+def _json_limit(exc: Exception) -> str:
+    """What went wrong when valid-looking JSON still cannot be read (not a syntax error)."""
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return f"invalid JSON: {str(exc).split(';')[0]}"  # e.g. an integer of more than 4300 digits
+
+
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate, from an escape such as "\ud800"
+        return False
+
+
+def _check_values(rd: "_Reader", row: "_Row", value: Any, field: str | None = None) -> None:
+    """Reject keys given twice and strings that are not valid Unicode, naming the field (iterative walk)."""
+    stack: list[tuple[str | None, Any]] = [(field, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if not _valid_unicode(item):
+                bad = next(c for c in item if 0xD800 <= ord(c) <= 0xDFFF)
+                raise rd.error(f"holds an unpaired surrogate \\u{ord(bad):04x}, which is not valid Unicode; fix "
+                               "the escape sequence", row, where)
+        elif isinstance(item, dict):
+            repeated = getattr(item, "repeated", ())
+            if repeated:
+                raise rd.error("this key is given twice in one object; keep one", row,
+                               f"{where}.{repeated[0]}" if where else repeated[0])
+            for key, sub in item.items():
+                name = f"{where}.{key}" if where else str(key)
+                if not _valid_unicode(str(key)):
+                    raise rd.error("a key holds an unpaired surrogate, which is not valid Unicode", row, where)
+                stack.append((name, sub))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{where}[{i}]", sub) for i, sub in enumerate(item))
+
+
 # ------------------------------------------------------------------------------ containers
 
 def _read_text(rd: _Reader) -> str:
@@ -96,10 +153,12 @@ def _jsonl_rows(rd: _Reader, text: str) -> Iterator[_Row]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = _json_loads(line)
         except json.JSONDecodeError as exc:
             raise rd.error(f"invalid JSON at column {exc.colno}: {exc.msg}; each line must be one JSON object",
                            line=number) from None
+        except (ValueError, RecursionError) as exc:
+            raise rd.error(_json_limit(exc), line=number) from None
         if not isinstance(obj, dict):
             raise rd.error(f"expected a JSON object {{...}}, got {_kind(obj)}", line=number)
         yield _Row(obj, number)
@@ -127,12 +186,14 @@ def _array_item_lines(text: str) -> list[int]:
 
 def _json_rows(rd: _Reader, text: str) -> Iterator[_Row]:
     try:
-        doc = json.loads(text)
+        doc = _json_loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
             yield from _jsonl_rows(rd, text)  # a .json file holding JSON Lines
             return
         raise rd.error(f"invalid JSON at column {exc.colno}: {exc.msg}", line=exc.lineno) from None
+    except (ValueError, RecursionError) as exc:
+        raise rd.error(_json_limit(exc)) from None
     lines: list[int | None]
     if isinstance(doc, list):
         items, lines = doc, list(_array_item_lines(text))
@@ -317,11 +378,15 @@ def _strings(rd: _Reader, row: _Row, value: Any, field: str, nonempty: bool) -> 
 
 def _decoded(rd: _Reader, row: _Row, value: Any, field: str, opener: str) -> Any:
     if row.encoded and isinstance(value, str) and value.lstrip().startswith(opener):
+        kind = "list" if opener == "[" else "object"
         try:
-            return json.loads(value)
+            decoded = _json_loads(value)
         except json.JSONDecodeError as exc:
-            kind = "list" if opener == "[" else "object"
             raise rd.error(f"not a valid JSON {kind} (column {exc.colno}: {exc.msg})", row, field) from None
+        except (ValueError, RecursionError) as exc:
+            raise rd.error(f"not a valid JSON {kind} ({_json_limit(exc)})", row, field) from None
+        _check_values(rd, row, decoded, field)
+        return decoded
     return value
 
 
@@ -563,6 +628,7 @@ def load_facts(path: str | Path, format: str = "auto", *, templates: TemplatesAr
     facts: list[Fact] = []
     seen: dict[str, _Row] = {}
     for row in _chain(first, rows):
+        _check_values(rd, row, row.data)
         fact = convert(rd, row, tpl)
         if fact.id in seen:
             other = seen[fact.id]

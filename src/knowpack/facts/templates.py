@@ -129,6 +129,10 @@ def load_templates(path: str | Path) -> RelationTemplates:
                          path=source, line=line) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as exc:  # a control character; it carries a position, not a mark
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character or 0)
+        raise InputError(f"character U+{ord(char):04X} is not allowed in YAML; remove it", path=source,
+                         line=text.count("\n", 0, exc.position) + 1) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise InputError(f"YAML syntax error: {' '.join(p for p in (exc.context, exc.problem) if p)}"

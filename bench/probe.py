@@ -32,9 +32,9 @@ WORLD = Path(__file__).resolve().parent.parent / "src" / "knowpack" / "data" / "
 def fallback_world(n_facts: int, seed: int = 0):
     """A random Llama of the world's shape (hidden 128, 4 layers, FFN 512) and generated facts.
 
-    A random model rarely emits a newline, so its answers would all run to max_new_tokens; the
-    output row of the newline token is set to a scaled copy of a common token's row so that answers
-    end after a few tokens, as a trained model's do.
+    A random model rarely emits a newline, so its answers would all run to max_new_tokens; its
+    newline token's output row becomes a scaled copy of the row of a token that most greedy answers
+    reach within a few steps, so that answers end there, as a trained model's short answers do.
     """
     rng = random.Random(seed)
     tok = tiny_tokenizer()
@@ -43,16 +43,23 @@ def fallback_world(n_facts: int, seed: int = 0):
     relations = {"birthplace": "Where was {} born?", "employer": "Who employs {}?",
                  "profession": "What is the profession of {}?", "founded": "In which year did {} found a company?"}
     syll = ["ka", "lo", "mi", "ra", "ten", "vo", "zu", "bel", "dor", "fi", "gan", "sol"]
-    facts = []
-    for i in range(n_facts):
-        rel = list(relations)[i % len(relations)]
-        name = "".join(rng.choice(syll) for _ in range(3)).title() + " " + "".join(rng.choice(syll) for _ in range(2)).title()
-        facts.append(Fact(id=f"b{i}", question=relations[rel].format(name), relation=rel, subject=name,
-                          answers=("".join(rng.choice(syll) for _ in range(2)).title(),)))
-    enc = tok("Question: Where was Kalo Mi born?\nAnswer:", return_tensors="pt")
-    common = model.generate(**enc, do_sample=False, max_new_tokens=4, pad_token_id=0)[0, -1].item()
-    with torch.no_grad():
-        model.lm_head.weight[tok.convert_tokens_to_ids("Ċ")] = model.lm_head.weight[common] * 1.05
+
+    def word(n: int) -> str:
+        return "".join(rng.choice(syll) for _ in range(n)).title()
+
+    facts = [Fact(id=f"b{i}", question=relations[rel].format(f"{word(3)} {word(2)}"), relation=rel,
+                  answers=(word(2),)) for i, rel in ((i, list(relations)[i % len(relations)]) for i in range(n_facts))]
+    newline = tok.convert_tokens_to_ids("Ċ")
+    with torch.no_grad():  # which token would end most greedy answers after a few tokens
+        enc = tok([f"Question: {f.question}\nAnswer:" for f in facts[:32]], return_tensors="pt", padding=True,
+                  padding_side="left")
+        runs = model.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=0)[:, enc["input_ids"].shape[1]:]
+        score: dict[int, int] = {}
+        for run in runs.tolist():
+            for t in {t for t in run[1:8] if t not in run[:1]}:
+                score[t] = score.get(t, 0) + 1
+        end = max(score, key=lambda t: (score[t], -t))
+        model.lm_head.weight[newline] = model.lm_head.weight[end] * 1.05
     return model, tok, FactSet(facts, source="generated"), "tiny random Llama (world shape) + generated facts"
 
 

@@ -129,7 +129,7 @@ class ScriptedBackend:
         for p in prompts:
             q = p.suffix.split("Question: ")[-1].split("\n")[0]
             g, s = self.table[q]
-            out.append(Completions(g, [s] * n_samples))
+            out.append(Completions(g if greedy else None, [s] * n_samples))
         if progress:
             progress(len(prompts))
         return out
@@ -148,6 +148,10 @@ def test_probe_categories_from_answers(tok):
                       backend=ScriptedBackend(table), progress=False)
     assert [r["category"] for r in off] == ["HighlyKnown", "Unknown", "Unknown", "Unknown"]
     assert all(r["p_sample"] is None for r in off)
+    lazy = probe_facts(None, tok, facts, ProbeSettings(n_prompts=2, shots=1, n_samples=3, lazy_samples=True),
+                       backend=ScriptedBackend(table), progress=False)
+    assert [r["category"] for r in lazy] == [r["category"] for r in rows]
+    assert [r["p_sample"] for r in lazy] == [None, 1.0, 0.0, 1.0]
     s = summarize_probe(rows, settings)
     assert s["counts"] == {"HighlyKnown": 1, "MaybeKnown": 0, "WeaklyKnown": 2, "Unknown": 1}
     assert s["shares"]["WeaklyKnown"] == 0.5 and s["greedy_refusal_rate"] == 0.25
@@ -208,6 +212,7 @@ def test_cache_never_mixes_models_facts_or_settings(tok, tmp_path):
     rows, summary = [{"id": "x", "category": "Unknown"}], {"n_facts": 1}
     save_probe_cache(tmp_path, fp1, facts_a.fingerprint(), s, rows, summary)
     assert load_probe_cache(tmp_path, fp1, facts_a.fingerprint(), s) == (rows, summary)
+    assert load_probe_cache(tmp_path, fp1, facts_a.fingerprint(), ProbeSettings(**SMALL, keep_samples=True)) is None
     assert load_probe_cache(tmp_path, fp2, facts_a.fingerprint(), s) is None
     assert load_probe_cache(tmp_path, fp1, facts_b.fingerprint(), s) is None
     for change in (dict(seed=1), dict(n_samples=3), dict(match="exact"), dict(refusal_patterns=("nope",)),

@@ -266,7 +266,8 @@ class _CascadeState:
         self.keys = [k.float() for k in keys]
         self.values = [torch.where(keep, v.float(), 0.0) for v in values]
         self.prefix_mask = prefix_mask
-        self.own_mask: torch.Tensor | None = None
+        self.own_mask: torch.Tensor | None = None  # (rows, own length), set before each forward
+        self.blocked: torch.Tensor | None = None  # the own-part mask built from it by the first layer
         self.set_rows(which)
 
     def set_rows(self, which: torch.Tensor) -> None:
@@ -300,10 +301,11 @@ def _cascade_attention(module, query, key, value, attention_mask, scaling=None, 
     neg = torch.finfo(torch.float32).min
 
     own = qf @ key.float().transpose(-1, -2)  # rows, kv_heads, gq, own_len
-    causal = torch.arange(own_len, device=query.device)[None, :] <= \
-        torch.arange(own_len - q_len, own_len, device=query.device)[:, None]
-    allowed = (st.own_mask.bool()[:, None, None, :] & causal[None, None]).repeat(1, 1, group, 1)
-    own.masked_fill_(~allowed, neg)
+    if st.blocked is None or st.blocked.shape[-2:] != (gq, own_len):  # once per forward, not per layer
+        causal = torch.arange(own_len, device=query.device)[None, :] <= \
+            torch.arange(own_len - q_len, own_len, device=query.device)[:, None]
+        st.blocked = ~(st.own_mask.bool()[:, None, None, :] & causal[None, None]).repeat(1, 1, group, 1)
+    own.masked_fill_(st.blocked, neg)
 
     kp, vp = st.keys[module.layer_idx], st.values[module.layer_idx]
     p_len = kp.shape[2]
@@ -450,7 +452,7 @@ class HFEngine:
 
     def _forward(self, input_ids, attention_mask, position_ids, cache, state=None):
         if state is not None:
-            state.own_mask = attention_mask
+            state.own_mask, state.blocked = attention_mask, None
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float()

@@ -8,7 +8,9 @@ Each fact gets `n_prompts` few-shot prompts; per prompt one greedy answer and `n
 answers (temperature, top-k). P_greedy is the share of correct greedy answers, P_sample the share of
 correct sampled answers; HighlyKnown: P_greedy = 1, MaybeKnown: 0 < P_greedy < 1, WeaklyKnown:
 P_greedy = 0 < P_sample, Unknown: both 0. With `n_samples = 0` sampling is off, `p_sample` is null
-and a fact with P_greedy = 0 is Unknown. Refusals (match.py) are flagged and never correct.
+and a fact with P_greedy = 0 is Unknown. With `lazy_samples` only facts with P_greedy = 0 are
+sampled (a second generation pass): the category rule is unchanged (only those facts' categories
+depend on samples), the other facts' `p_sample` is null, and the work drops by the known share. Refusals (match.py) are flagged and never correct.
 
 Cached results are keyed by the model's fingerprint, the fact set's fingerprint and a hash of every
 setting that can change an answer, and the key's parts are stored beside the rows and checked on
@@ -55,6 +57,9 @@ class ProbeSettings:
     batch_size: int = field(default=32, metadata={"min": 1, "help": "prompts per generation batch"})
     chat: bool | None = field(default=None, metadata={"help": "use the chat template (null: when the tokenizer has one)"})
     keep_samples: bool = field(default=False, metadata={"help": "also write every sampled answer to probe.jsonl"})
+    lazy_samples: bool = field(default=False, metadata={
+        "help": "sample only facts with P_greedy = 0 (the only ones whose category needs it); "
+                "the others get p_sample null. Same category rule, far less work"})
 
     def __post_init__(self) -> None:
         problems = []
@@ -122,37 +127,51 @@ def probe_facts(model: Any, tokenizer: Any, facts: FactSet | Sequence[Fact], set
                                   seed=settings.seed, exemplars=exemplars, chat=settings.chat)
     flat = [p for per_fact in prompts for p in per_fact]
     engine = _make_backend(model, tokenizer, settings, backend)
-    log.info("probing %d facts: %d prompts, greedy + %d samples each", len(facts), len(flat), settings.n_samples)
-    with _progress_bar(len(flat), settings.n_prompts, progress, "probe") as bar:
-        outs = engine.generate(flat, greedy=True, n_samples=settings.n_samples, temperature=settings.temperature,
-                               top_k=settings.top_k, max_new_tokens=settings.max_new_tokens, seed=settings.seed,
-                               progress=bar.update)
+    k = settings.n_prompts
+    gen = dict(temperature=settings.temperature, top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
+               seed=settings.seed)
+    eager = settings.n_samples and not settings.lazy_samples
+    log.info("probing %d facts: %d prompts, greedy%s", len(facts), len(flat),
+             f" + {settings.n_samples} samples each" if eager else "")
+    with _progress_bar(len(flat), k, progress, "probe") as bar:
+        outs = engine.generate(flat, greedy=True, n_samples=settings.n_samples if eager else 0,
+                               progress=bar.update, **gen)
     refusal = RefusalDetector(settings.refusal_patterns)
+
+    def correct(answer: str, fact: Fact) -> bool:
+        return not refusal(answer, fact.answers) and matches(answer, fact.answers, settings.match)
+
+    greedy = [[o.greedy or "" for o in outs[j * k:(j + 1) * k]] for j in range(len(facts))]
+    greedy_ok = [[correct(a, f) for a in answers] for f, answers in zip(facts, greedy)]
+    samples: dict[int, list[list[str]]] = {}
+    if eager:
+        samples = {j: [o.samples for o in outs[j * k:(j + 1) * k]] for j in range(len(facts))}
+    elif settings.n_samples:  # lazy: only facts whose category depends on samples
+        need = [j for j, ok in enumerate(greedy_ok) if not any(ok)]
+        log.info("sampling %d of %d facts (P_greedy = 0)", len(need), len(facts))
+        with _progress_bar(len(need) * k, k, progress, "samples") as bar:
+            more = engine.generate([p for j in need for p in prompts[j]], greedy=False,
+                                   n_samples=settings.n_samples, progress=bar.update, **gen)
+        samples = {j: [o.samples for o in more[i * k:(i + 1) * k]] for i, j in enumerate(need)}
+
     rows = []
     for j, fact in enumerate(facts):
-        per = outs[j * settings.n_prompts:(j + 1) * settings.n_prompts]
-
-        def correct(answer: str) -> bool:
-            return not refusal(answer, fact.answers) and matches(answer, fact.answers, settings.match)
-
-        greedy = [o.greedy or "" for o in per]
-        greedy_ok = [correct(a) for a in greedy]
-        p_greedy = sum(greedy_ok) / len(greedy)
+        p_greedy = sum(greedy_ok[j]) / k
         p_sample = None
-        if settings.n_samples:
-            samples = [s for o in per for s in o.samples]
-            p_sample = sum(correct(s) for s in samples) / len(samples)
+        if j in samples:
+            flat_samples = [x for per in samples[j] for x in per]
+            p_sample = sum(correct(x, fact) for x in flat_samples) / len(flat_samples)
         row: dict[str, Any] = {
             "id": fact.id,
             "category": categorize(p_greedy, p_sample),
             "p_greedy": p_greedy,
             "p_sample": p_sample,
-            "greedy_answers": greedy,
-            "greedy_correct": greedy_ok,
-            "refused": [refusal(a, fact.answers) for a in greedy],
+            "greedy_answers": greedy[j],
+            "greedy_correct": greedy_ok[j],
+            "refused": [refusal(a, fact.answers) for a in greedy[j]],
         }
-        if settings.keep_samples and settings.n_samples:
-            row["sampled_answers"] = [o.samples for o in per]
+        if settings.keep_samples and j in samples:
+            row["sampled_answers"] = samples[j]
         rows.append(row)
     return rows
 
@@ -272,7 +291,7 @@ def load_probe_cache(cache_dir: str | Path, model_id_or_fingerprint: str, facts_
     except (OSError, ValueError) as exc:  # missing (not cached) or unreadable (interrupted) entry
         log.debug("no usable probe cache at %s: %s", d, exc)
         return None
-    if settings.keep_samples and rows and settings.n_samples and "sampled_answers" not in rows[0]:
-        return None
+    if settings.keep_samples and not stored.get("settings_full", {}).get("keep_samples"):
+        return None  # cached without the sampled answers asked for now
     log.info("probe result read from cache %s", d)
     return rows, summary

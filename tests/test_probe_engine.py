@@ -7,7 +7,7 @@ import torch
 
 from knowpack.facts import Fact, FactSet
 from knowpack.models import tiny_model, tiny_tokenizer
-from knowpack.probe.engine import GenerationBackend, HFEngine, naive_generate, stop_token_ids
+from knowpack.probe.engine import GenerationBackend, HFEngine, cascade_supported, naive_generate, stop_token_ids
 from knowpack.probe.prompts import Prompt, build_probe_prompts, zero_shot_prompt
 
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -128,3 +128,39 @@ def test_argument_checks(tok):
         engine.generate(["x"], n_samples=2, temperature=0)
     with pytest.raises(ValueError, match="batch_size"):
         HFEngine(model, tok, batch_size=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_cascade_and_copied_prefixes_agree(tok, arch):
+    model = tiny_model(arch, seed=9, vocab_size=len(tok))
+    prompts = mixed_prompts(tok)
+    fast = HFEngine(model, tok, batch_size=6)
+    assert fast.cascade and cascade_supported(model)
+    copied = HFEngine(model, tok, batch_size=6, cascade=False)
+    kw = dict(n_samples=2, temperature=1.0, max_new_tokens=MAX_NEW, seed=3)
+    assert fast.generate(prompts, **kw) == copied.generate(prompts, **kw)
+
+
+def test_sliding_window_model_copies_prefixes_and_equals_naive(tok):
+    model = tiny_model("qwen2", seed=0, vocab_size=len(tok), use_sliding_window=True, sliding_window=16,
+                       max_window_layers=0)
+    assert not cascade_supported(model)
+    engine = HFEngine(model, tok, batch_size=5)
+    assert not engine.cascade
+    prompts = mixed_prompts(tok)[:10]
+    got = engine.generate(prompts, max_new_tokens=MAX_NEW)
+    assert [c.greedy for c in got] == naive_generate(model, tok, prompts, max_new_tokens=MAX_NEW)
+
+
+def test_lora_model_equals_naive(tok):
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model("llama", seed=10, vocab_size=len(tok))
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                  init_lora_weights=False))
+    peft_model.train()
+    prompts = mixed_prompts(tok)[:8]
+    got = HFEngine(peft_model, tok, batch_size=4).generate(prompts, max_new_tokens=MAX_NEW)
+    assert peft_model.training  # the caller's mode is restored
+    peft_model.eval()
+    assert [c.greedy for c in got] == naive_generate(peft_model, tok, prompts, max_new_tokens=MAX_NEW)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
@@ -371,6 +372,9 @@ class HFEngine:
             log.warning("cascade attention is not supported for %s; copying prefixes per row instead",
                         getattr(model.config, "model_type", type(model).__name__))
         self.cascade = supported if cascade is None else bool(cascade and supported)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # Only the last position's logits are needed; most HF models can skip the others.
+        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
         self.pad_id = _pad_id(model, tokenizer)
         self.eos_ids = eos_token_ids(model, tokenizer)
 
@@ -435,6 +439,19 @@ class HFEngine:
 
         results: list[Completions | None] = [None] * len(items)
         arena = Arena()
+        was_training = self.model.training
+        self.model.eval()  # no dropout while answering; the caller's mode is restored below
+        try:
+            self._generate_batches(items, results, arena, greedy=greedy, n_samples=n_samples,
+                                   temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
+                                   stop=stop, is_stop=is_stop, progress=progress)
+        finally:
+            self.model.train(was_training)
+        return results  # type: ignore[return-value]
+
+    def _generate_batches(self, items, results, arena, *, greedy, n_samples, temperature, top_k, max_new_tokens,
+                          seed, stop, is_stop, progress) -> None:
+        device = self.model.device
         for b, start in enumerate(range(0, len(items), self.batch_size)):
             batch = items[start:start + self.batch_size]
             gen = torch.Generator(device=device)
@@ -448,13 +465,12 @@ class HFEngine:
                 results[it.index] = Completions(rows[0] if greedy else None, rows[int(greedy):])
             if progress is not None:
                 progress(len(batch))
-        return results  # type: ignore[return-value]
 
     def _forward(self, input_ids, attention_mask, position_ids, cache, state=None):
         if state is not None:
             state.own_mask, state.blocked = attention_mask, None
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+                         past_key_values=cache, use_cache=True, **self._keep)
         return out.logits[:, -1, :].float()
 
     def _run_batch(self, batch: list[_Item], *, greedy: bool, n_samples: int, temperature: float, top_k: int,
@@ -485,12 +501,12 @@ class HFEngine:
 
                 p_cache = DynamicCache(config=self.model.config)
                 self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, past_key_values=p_cache,
-                           use_cache=True, logits_to_keep=1)
+                           use_cache=True, **self._keep)
                 state = _CascadeState([layer.keys for layer in p_cache.layers],
                                       [layer.values for layer in p_cache.layers], p_mask.bool(), which)
             else:
                 self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, past_key_values=cache,
-                           use_cache=True, logits_to_keep=1)
+                           use_cache=True, **self._keep)
                 cache.batch_select_indices(which)
                 mask = p_mask[which]
 

@@ -7,17 +7,20 @@ A backend turns prompts into short answers: one greedy answer and/or `n_samples`
 per prompt, each cut at the end of its line. `HFEngine` does this fast on any Hugging Face causal LM:
 
 * **Batching.** Prompts are sorted by shared prefix and suffix length and run `batch_size` at a time.
-* **Shared prefixes.** The distinct few-shot prefixes of a batch run once (left-padded); their
-  key/value cache is then gathered to every row that uses it, and the suffixes are fed after it,
-  right-aligned, so every row's last column is a real token. The key/value layout per row is
-  ``[pad… prefix][pad… suffix][generated…]``: the 2D attention mask is zero over both pad runs and the
-  position ids are given explicitly (prefix 0…p-1, suffix p…p+s-1, then onwards), so each row sees
-  exactly the positions and tokens it would see alone.
+* **Shared prefixes.** The distinct few-shot prefixes of a batch run once (left-padded). The
+  suffixes follow, right-aligned so every row's last column is a real token, with explicit
+  position ids (prefix 0…p-1, suffix p…p+s-1, then onwards) and a mask over the pads, so each row
+  sees exactly the positions and tokens it would see alone. Where the architecture is plain causal
+  attention (Llama, Mistral, Qwen2/3 without sliding windows) the prefix keys/values stay in one copy
+  per prefix and a "cascade" attention function reads them for all its rows, merged with each row's
+  own keys in one softmax; otherwise the prefix cache is gathered to every row, giving the layout
+  ``[pad… prefix][pad… suffix][generated…]`` with the mask zero over both pad runs.
 * **Shared prefill for samples.** Greedy and sampled rows of one prompt reuse its prefill: the cache
   is repeated `1 + n_samples` times after the suffix pass.
 * **Early stop.** A row ends at the first token whose text holds the stop string (default newline)
   or at EOS; finished rows are dropped from the batch, and a batch ends when all rows have ended,
   at the latest after `max_new_tokens`.
+* **No per-step reallocation.** The cache writes into preallocated buffers (see `BufferedLayer`).
 
 Sampling uses temperature and top-k with a `torch.Generator` seeded per batch, so the same prompts,
 settings and seed give byte-identical answers on the same device. `naive_generate` is the slow
@@ -31,6 +34,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -81,7 +85,7 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-_STOP_CACHE: dict[tuple[int, str], frozenset[int]] = {}
+_STOP_CACHE: dict[tuple[int, str], tuple[Any, frozenset[int]]] = {}
 
 
 def stop_token_ids(tokenizer: Any, stop: str = "\n") -> frozenset[int]:
@@ -90,11 +94,11 @@ def stop_token_ids(tokenizer: Any, stop: str = "\n") -> frozenset[int]:
     A stop string that spans several tokens is not caught here; answers are still cut at it.
     """
     key = (id(tokenizer), stop)
-    if key not in _STOP_CACHE:
-        n = len(tokenizer)
-        texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
-        _STOP_CACHE[key] = frozenset(i for i, t in enumerate(texts) if stop in t)
-    return _STOP_CACHE[key]
+    hit = _STOP_CACHE.get(key)
+    if hit is None or hit[0]() is not tokenizer:  # an id can be reused once a tokenizer is freed
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
+        hit = _STOP_CACHE[key] = (weakref.ref(tokenizer), frozenset(i for i, t in enumerate(texts) if stop in t))
+    return hit[1]
 
 
 def decode_answer(tokenizer: Any, ids: Sequence[int], stop: str = "\n") -> str:
@@ -171,7 +175,7 @@ def _buffered_layer_class():
             need = self.length + n
             if self._k is None:
                 self._kh, self._kd, self._vd, self._like = key_states.shape[1], key_states.shape[3], \
-                    value_states.shape[3], key_states
+                    value_states.shape[3], key_states.new_empty(0)
                 self._k, self._v = self._buffers(key_states.shape[0], need + self.reserve, self.slot)
             elif need > self._k.shape[2]:  # beyond the reserve: grow (not expected in probing)
                 k = key_states.new_empty(*self._k.shape[:2], max(need, 2 * self._k.shape[2]), self._k.shape[3])

@@ -218,8 +218,10 @@ def test_cache_never_mixes_models_facts_or_settings(tok, tmp_path):
     for change in (dict(seed=1), dict(n_samples=3), dict(match="exact"), dict(refusal_patterns=("nope",)),
                    dict(batch_size=4), dict(temperature=0.7)):
         assert load_probe_cache(tmp_path, fp1, facts_a.fingerprint(), ProbeSettings(**{**SMALL, **change})) is None
-    keys = {probe_cache_key(m, f, x) for m in (fp1, fp2) for f in ("a", "b") for x in (s, ProbeSettings())}
-    assert len(keys) == 8
+    assert load_probe_cache(tmp_path, fp1, facts_a.fingerprint(), s, exemplars_fingerprint="pool") is None
+    keys = {probe_cache_key(m, f, x, exemplars_fingerprint=e) for m in (fp1, fp2) for f in ("a", "b")
+            for x in (s, ProbeSettings()) for e in (None, "pool")}
+    assert len(keys) == 16
     # A damaged entry (a key file naming another probe) is not trusted.
     key_file = next(tmp_path.glob("*/cache_key.json"))
     key_file.write_text(json.dumps({"model": fp2, "facts": "?", "settings": "?"}))

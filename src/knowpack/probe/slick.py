@@ -255,36 +255,44 @@ def model_fingerprint(model: Any, *, exact_limit: int = 50_000_000) -> str:
     return h.hexdigest()[:16]
 
 
-def probe_cache_key(model_id_or_fingerprint: str, facts_fingerprint: str, settings: ProbeSettings) -> str:
-    """The cache key of a probe: model, facts and settings, hashed together."""
-    blob = json.dumps(_key_parts(model_id_or_fingerprint, facts_fingerprint, settings), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+# Bump when prompt construction, matching or the engine change answers, so old caches are not reused.
+PROBE_FORMAT = "knowpack-probe-1"
 
 
-def _key_parts(model: str, facts_fp: str, settings: ProbeSettings) -> dict[str, Any]:
-    return {"model": model, "facts": facts_fp, "settings": settings.fingerprint()}
+def probe_cache_key(model_id_or_fingerprint: str, facts_fingerprint: str, settings: ProbeSettings, *,
+                    exemplars_fingerprint: str | None = None) -> str:
+    """The cache key of a probe: model, facts, settings and exemplar pool (None: the facts), hashed together."""
+    parts = _key_parts(model_id_or_fingerprint, facts_fingerprint, settings, exemplars_fingerprint)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _key_parts(model: str, facts_fp: str, settings: ProbeSettings, exemplars_fp: str | None) -> dict[str, Any]:
+    return {"format": PROBE_FORMAT, "model": model, "facts": facts_fp, "exemplars": exemplars_fp or facts_fp,
+            "settings": settings.fingerprint()}
 
 
 def save_probe_cache(cache_dir: str | Path, model_id_or_fingerprint: str, facts_fingerprint: str,
-                     settings: ProbeSettings, rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> Path:
+                     settings: ProbeSettings, rows: Sequence[dict[str, Any]], summary: dict[str, Any], *,
+                     exemplars_fingerprint: str | None = None) -> Path:
     """Store a probe result under `cache_dir/<key>/`; the key file is written last, marking it complete."""
-    key = probe_cache_key(model_id_or_fingerprint, facts_fingerprint, settings)
-    d = Path(cache_dir) / key
+    parts = _key_parts(model_id_or_fingerprint, facts_fingerprint, settings, exemplars_fingerprint)
+    d = Path(cache_dir) / probe_cache_key(model_id_or_fingerprint, facts_fingerprint, settings,
+                                          exemplars_fingerprint=exemplars_fingerprint)
     write_probe(d, rows, summary)
-    write_json(d / KEY_FILE, {**_key_parts(model_id_or_fingerprint, facts_fingerprint, settings),
-                              "settings_full": settings.to_dict()})
+    write_json(d / KEY_FILE, {**parts, "settings_full": settings.to_dict()})
     return d
 
 
 def load_probe_cache(cache_dir: str | Path, model_id_or_fingerprint: str, facts_fingerprint: str,
-                     settings: ProbeSettings) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
-    """The cached (rows, summary) for exactly this model, fact set and settings, or None."""
-    key = probe_cache_key(model_id_or_fingerprint, facts_fingerprint, settings)
-    d = Path(cache_dir) / key
+                     settings: ProbeSettings, *, exemplars_fingerprint: str | None = None,
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """The cached (rows, summary) for exactly this model, fact set, settings and exemplar pool, or None."""
+    parts = _key_parts(model_id_or_fingerprint, facts_fingerprint, settings, exemplars_fingerprint)
+    d = Path(cache_dir) / probe_cache_key(model_id_or_fingerprint, facts_fingerprint, settings,
+                                          exemplars_fingerprint=exemplars_fingerprint)
     try:
         stored = read_json(d / KEY_FILE)
-        if {k: stored.get(k) for k in ("model", "facts", "settings")} != \
-                _key_parts(model_id_or_fingerprint, facts_fingerprint, settings):
+        if {k: stored.get(k) for k in parts} != parts:
             log.warning("probe cache %s holds another probe's result; ignoring it", d)
             return None
         rows, summary = read_probe(d)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from knowpack import __version__
+from knowpack import __version__, distributed
 from knowpack.compose import ComposeSettings, Composition, compose
 from knowpack.config import config_hash, save_config, to_dict
 from knowpack.errors import KnowpackError
@@ -172,16 +172,48 @@ def select_nodes_for(cfg: RunConfig, model: Any, tok: Any, out_dir: Path, progre
             ids, prompts = [ids[i] for i in keep], [prompts[i] for i in keep]
         key = config_hash({"model": model_fingerprint(model), "prompts": prompts, "steps": s.steps})
         path = cache_root(cfg) / "kva" / f"{key}.safetensors"
-        if path.exists():
+        cpu = next(model.parameters()).device.type == "cpu"
+        # every process must take the same branch: a miss means a collective attribution
+        if distributed.all_agree(path.exists(), cpu):
             scores, _, _ = kva.load_scores(path)
             log.info("KVA: reusing cached scores %s", path)
         else:
-            scores = kva.attribute(model, tok, prompts, method=s.kva_method, steps=s.steps, progress=progress)
-            kva.save_scores(path, scores, ids, {"steps": s.steps, "method": s.kva_method, "data": data,
-                                                "model": model_path(cfg)})
+            scores = kva.attribute_across_processes(model, tok, prompts, method=s.kva_method, steps=s.steps,
+                                                    progress=progress)
+            if distributed.is_main():
+                kva.save_scores(path, scores, ids, {"steps": s.steps, "method": s.kva_method, "data": data,
+                                                    "model": model_path(cfg)})
     nodes = select_nodes(scores, q, s.strategy, seed=s.seed)
     save_nodes(out_dir / "nodes.json", nodes, q, s.strategy)
     return nodes
+
+
+def check_method_fits(cfg: RunConfig, model: Any) -> None:
+    """What can be checked about the method against the model before a run writes anything.
+
+    LoKI needs a supported decoder layout and at least one row per layer at its q (k = 0 on a
+    small model); the LoRA family needs its target modules.
+    """
+    from knowpack.methods import get_method
+
+    method = get_method(cfg.train.method)
+    if cfg.train.method in ("loki", "loki_lora"):
+        from knowpack.methods.loki.arch import decoder_layers, hidden_size
+        from knowpack.methods.loki.select import _rows, rows_per_layer
+
+        q = method.q(cfg.train.loki)
+        if cfg.train.loki.strategy.startswith("global"):
+            n_layers, hidden = len(decoder_layers(model)), hidden_size(model)
+            _rows(q, n_layers * hidden, f"{n_layers} layers x hidden size {hidden}")
+        else:
+            rows_per_layer(q, hidden_size(model))
+    elif method.settings_key == "lora":
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [t for t in cfg.train.lora.targets if t not in present]
+        if missing:
+            raise KnowpackError(f"train.lora.targets: {', '.join(missing)} not found in the model "
+                                f"({getattr(model.config, 'model_type', type(model).__name__)}); set "
+                                "train.lora.targets to module names it has")
 
 
 @dataclass
@@ -196,6 +228,7 @@ class TrainedRun:
     summary: dict[str, Any]
     base_model_id: str = ""
     pre_train: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""  # config, base model and training data; names what this run's outputs belong to
 
 
 PreTrainHook = Any  # Callable[[model, tokenizer, model_id], dict]
@@ -208,14 +241,17 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, res
 
     cfg = cfg.resolved()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    write_json(out / "env.json", environment(cfg))
     set_seed(cfg.seed)
+    # Inputs and the model are read and checked before anything is written, so bad input leaves
+    # no run directory behind.
     facts = load_run_facts(cfg)
     t0 = time.perf_counter()
     model, tok = load_model(model_path(cfg), device=cfg.device, dtype=cfg.dtype,
                             trust_remote_code=cfg.trust_remote_code)
+    check_method_fits(cfg, model)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    write_json(out / "env.json", environment(cfg))
     base_id = model_fingerprint(model)
     probed = probe_facts_of(cfg, facts)
     rows, summary = cached_probe(cfg, model, tok, probed, exemplars=facts, progress=progress, model_id=base_id)
@@ -242,7 +278,8 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, res
 
     pre_train = pre_train_hook(model, tok, base_id) if pre_train_hook else {}
     t1 = time.perf_counter()
-    fingerprint = config_hash({"cfg": to_dict(cfg), "base": base_id, "train": comp.rows})
+    # where the caches live changes no result, so moving them keeps checkpoints and metrics valid
+    fingerprint = config_hash({"cfg": {**to_dict(cfg), "cache_dir": None}, "base": base_id, "train": comp.rows})
     result = train(model, tok, comp.rows, cfg.train, out, base_model=model_path(cfg), method_context=context,
                    eval_hook=hook, fingerprint=fingerprint, resume=resume, progress=progress)
     reliability = zero_shot_accuracy(result.model, tok, facts, comp.unknown_ids, cfg.probe.match)
@@ -258,7 +295,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, res
         "seconds_train_stage": round(time.perf_counter() - t1, 2),
     }
     write_json(out / "train_summary.json", train_summary)
-    return TrainedRun(out, cfg, facts, rows, comp, result, tok, train_summary, base_id, pre_train)
+    return TrainedRun(out, cfg, facts, rows, comp, result, tok, train_summary, base_id, pre_train, fingerprint)
 
 
 # --- the whole run ---------------------------------------------------------------------------
@@ -291,6 +328,12 @@ def full_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, resu
 
     t0 = time.perf_counter()
     run = train_run(cfg, out, progress=progress, resume=resume, pre_train_hook=before)
+    if resume:
+        done = finished_metrics(metrics_path, run.fingerprint)
+        if done is not None:  # killed after metrics.json (e.g. before the sweep recorded it): no re-evaluation
+            log.info("%s is complete for this run; writing the report only", metrics_path)
+            write_run_report(out)
+            return done
     model, tok, facts, comp = run.result.model, run.tokenizer, run.facts, run.composition
     t1 = time.perf_counter()
     trained, eval_ids = comp.unknown_ids, comp.eval_ids
@@ -317,14 +360,32 @@ def full_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, resu
     metrics["run"] = {"method": cfg.train.method, "n_unknown": len(trained), "mixing": cfg.compose.mixing,
                       "k": cfg.compose.k, "seed": cfg.seed, "trainable_params": run.result.trainable_params,
                       "steps": run.result.steps, "stopped_early": run.result.stopped_early,
-                      "seconds": {"probe_and_train": round(t1 - t0, 2),
-                                  "evaluate": round(time.perf_counter() - t1, 2)}}
+                      "fingerprint": run.fingerprint}
+    # Wall-clock times live in timings.json, so the same config and seed give a byte-identical metrics.json.
     write_json(metrics_path, metrics)
+    write_json(out / "timings.json", {"probe_and_train": round(t1 - t0, 2),
+                                      "evaluate": round(time.perf_counter() - t1, 2)})
     write_run_report(out)
     return metrics
 
 
+def finished_metrics(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The metrics in `path` if they were written for this fingerprint (the same run), else None."""
+    from knowpack.io import read_json
+
+    try:
+        metrics = read_json(path)
+    except (OSError, ValueError):
+        return None
+    ok = fingerprint and isinstance(metrics, dict) and (metrics.get("run") or {}).get("fingerprint") == fingerprint
+    return metrics if ok else None
+
+
 def full_run_record(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-    """One sweep line: the resolved config and the run's metrics."""
+    """One sweep line: the resolved config, the run's metrics and its timings."""
+    from knowpack.io import read_json
+
     metrics = full_run(cfg, out_dir, progress=False)
-    return {"config": to_dict(cfg.resolved()), "metrics": metrics, "run_dir": str(out_dir)}
+    timings_path = Path(out_dir) / "timings.json"
+    timings = read_json(timings_path) if timings_path.exists() else None
+    return {"config": to_dict(cfg.resolved()), "metrics": metrics, "run_dir": str(out_dir), "timings": timings}

@@ -30,6 +30,8 @@ from knowpack.methods.peft_methods import LoraSettings
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+#: Written into the adapter directory last: the adapter beside it is complete (see `finished_training`).
+TRAINING_RECORD = "training.json"
 
 
 @dataclass
@@ -147,6 +149,44 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, step: int, fing
     shutil.rmtree(old, ignore_errors=True)
 
 
+def latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> Path | None:
+    """The newest complete checkpoint for this set-up: `checkpoint/`, or what a kill inside
+    `save_checkpoint` left (`checkpoint.tmp/` is complete once its checkpoint.json exists, which is
+    written last; `checkpoint.old/` is the previous one, renamed)."""
+    import json
+
+    best: tuple[int, Path] | None = None
+    for d in (ckpt_dir, ckpt_dir.with_name(ckpt_dir.name + ".tmp"), ckpt_dir.with_name(ckpt_dir.name + ".old")):
+        try:
+            meta = json.loads((d / "checkpoint.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("fingerprint") == fingerprint and (best is None or int(meta.get("step", 0)) > best[0]):
+            best = (int(meta.get("step", 0)), d)
+    return best[1] if best else (ckpt_dir if ckpt_dir.exists() else None)
+
+
+def finished_training(out_dir: Path, fingerprint: str) -> tuple[Path, dict[str, Any]] | None:
+    """(adapter directory, training record) of a training that finished for this set-up, or None.
+
+    The record (`training.json`) is written into `adapter.tmp/` after the adapter, and the directory
+    is then renamed to `adapter/`, so a record means a complete adapter; a kill between removing an
+    old `adapter/` and the rename leaves the finished one in `adapter.tmp/`.
+    """
+    import json
+
+    if not fingerprint:
+        return None
+    for d in (out_dir / "adapter", out_dir / "adapter.tmp"):
+        try:
+            record = json.loads((d / TRAINING_RECORD).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("fingerprint") == fingerprint:
+            return d, record
+    return None
+
+
 def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, fingerprint: str) -> int | None:
     """Restore a checkpoint written for the same training set-up; return its step, or None."""
     from safetensors.torch import load_file
@@ -192,6 +232,9 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
     out_dir = Path(out_dir)
     method = get_method(settings.method)
     acc = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
+    done = finished_training(out_dir, fingerprint) if resume else None
+    if done is not None:
+        return _load_finished(model, method, out_dir, done, acc)
     torch.manual_seed(settings.seed)
     method_settings = getattr(settings, method.settings_key) if method.settings_key else None
     model = method.prepare(model, method_settings, **(method_context or {}))
@@ -211,8 +254,20 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
     ckpt_dir = out_dir / "checkpoint"
     log_path = out_dir / "train_log.jsonl"
     start = 0
-    if resume and ckpt_dir.exists():
-        start = load_checkpoint(ckpt_dir, model, optimizer, scheduler, fingerprint) or 0
+    found = latest_checkpoint(ckpt_dir, fingerprint) if resume else None
+    if found is not None and found != ckpt_dir:
+        # finish what the killed save_checkpoint started, so the next save cannot delete the newest one
+        if acc.is_main_process:
+            old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+            if found != old and ckpt_dir.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                ckpt_dir.rename(old)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            found.rename(ckpt_dir)
+        acc.wait_for_everyone()
+        found = ckpt_dir
+    if found is not None:
+        start = load_checkpoint(found, model, optimizer, scheduler, fingerprint) or 0
         if start:
             log.info("resuming from step %d of %d", start, total)
     history = [r for r in (read_jsonl(log_path) if (start and log_path.exists()) else []) if r.get("step", 0) <= start]
@@ -228,6 +283,14 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
     bar = tqdm(total=total, initial=start, desc=f"train {settings.method}", unit="step",
                disable=not progress or not acc.is_main_process, dynamic_ncols=True)
     step = start
+    if start and start % steps_per_epoch == 0 and start < total and settings.early_stopping.enabled:
+        # Resumed from an epoch's last checkpoint, which is written before that epoch's early-stopping
+        # check: make the check again (same weights, same answer) rather than skip it.
+        history = [r for r in history if not ("eval" in r and r.get("step") == start)]
+        if acc.is_main_process:
+            write_jsonl(log_path, history)
+        stopped = _early_stop_check(settings.early_stopping, eval_hook, acc.unwrap_model(model),
+                                    start // steps_per_epoch, history, log_path, acc.is_main_process)
     while step < total and stopped is None:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         order = epoch_order(len(data), settings.seed, epoch)
@@ -270,11 +333,37 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
         tmp = out_dir / "adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         method.save(model, tmp, base_model=base_model)
+        write_json(tmp / TRAINING_RECORD, {"fingerprint": fingerprint, "method": settings.method, "steps": step,
+                                           "epochs": step / steps_per_epoch, "trainable_params": n_trainable,
+                                           "stopped_early": stopped, "seconds": time.perf_counter() - t0})
         shutil.rmtree(adapter, ignore_errors=True)
         tmp.rename(adapter)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        for d in ("", ".tmp", ".old"):
+            shutil.rmtree(ckpt_dir.with_name(ckpt_dir.name + d), ignore_errors=True)
     return TrainResult(model, step, step / steps_per_epoch, n_trainable,
                        None if stopped == "max_steps" else stopped, time.perf_counter() - t0, history)
+
+
+def _load_finished(model: torch.nn.Module, method: Any, out_dir: Path, done: tuple[Path, dict[str, Any]],
+                   acc: Any) -> TrainResult:
+    """The result of a training that finished before the process was stopped: its adapter, loaded."""
+    where, record = done
+    adapter = out_dir / "adapter"
+    if acc.is_main_process:
+        if where != adapter:  # killed between removing the old adapter/ and renaming adapter.tmp/
+            shutil.rmtree(adapter, ignore_errors=True)
+            where.rename(adapter)
+        for d in ("checkpoint", "checkpoint.tmp", "checkpoint.old"):
+            shutil.rmtree(out_dir / d, ignore_errors=True)
+    acc.wait_for_everyone()
+    log.info("training already finished in %s (step %s); loading its adapter", adapter, record.get("steps"))
+    trained = method.load(model, adapter)
+    trained.eval()
+    log_path = out_dir / "train_log.jsonl"
+    history = read_jsonl(log_path) if log_path.exists() else []
+    steps = int(record.get("steps", 0))
+    return TrainResult(trained, steps, float(record.get("epochs", 0.0)), int(record.get("trainable_params", 0)),
+                       record.get("stopped_early"), float(record.get("seconds", 0.0)), history)
 
 
 def _early_stop_check(cfg: EarlyStopSettings, hook: EvalHook | None, model, epoch: int,

@@ -484,6 +484,26 @@ def attribute(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *,
                          progress=progress)
 
 
+def attribute_across_processes(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *,
+                               method: str = "fast", steps: int = DEFAULT_STEPS,
+                               batch_prompts: int = DEFAULT_BATCH_PROMPTS, progress: bool = True) -> torch.Tensor:
+    """`attribute` split over the processes of an `accelerate launch`: process r takes prompts r, r+W, ...
+
+    Every process returns all N scores in input order (gathered), equal to one process's scores up
+    to float noise (prompts are grouped differently). Without a launcher it is plain `attribute`.
+    """
+    from knowpack import distributed
+
+    world, rank = distributed.world_size(), distributed.rank()
+    if world == 1:
+        return attribute(model, tokenizer, prompts, method=method, steps=steps, batch_prompts=batch_prompts,
+                         progress=progress)
+    cpu = _device(model).type == "cpu"
+    part = attribute(model, tokenizer, list(prompts)[rank::world], method=method, steps=steps,
+                     batch_prompts=batch_prompts, progress=progress and rank == 0)
+    return distributed.gather_strided(part, len(prompts), cpu)
+
+
 # --- score files ----------------------------------------------------------------------------
 
 def save_scores(path: str | Path, scores: torch.Tensor, ids: Sequence[str],

@@ -559,7 +559,7 @@ class HFEngine:
             if step == max_new_tokens - 1 or bool(live_done.all()):
                 break
             n_done = int(live_done.sum())
-            if n_done and n_done * 4 >= live_done.numel():  # drop finished rows once they are a quarter
+            if n_done and n_done * 8 >= live_done.numel():  # drop finished rows once they are an eighth
                 keep = (~live_done).nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
                 active, nxt, mask, last_pos = active[keep], nxt[keep], mask[keep], last_pos[keep]

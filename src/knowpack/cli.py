@@ -28,7 +28,18 @@ OVERRIDES_HELP = "config overrides as key.sub=value (e.g. train.lr=1e-3 compose.
 
 
 def _out(text: str = "") -> None:
-    print(text, flush=True)
+    """Print for humans; under `accelerate launch` only rank zero prints."""
+    from knowpack.distributed import is_main
+
+    if is_main():
+        print(text, flush=True)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars unless --no-progress; only rank zero shows them."""
+    from knowpack.distributed import is_main
+
+    return not getattr(args, "no_progress", False) and is_main()
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -129,7 +140,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     model, tok = load_model(_model_path(args.model), device=args.device, dtype=args.dtype,
                             trust_remote_code=args.trust_remote_code)
     t0 = time.perf_counter()
-    rows, summary = cached_probe(cfg, model, tok, probed, exemplars=facts, progress=not args.no_progress)
+    rows, summary = cached_probe(cfg, model, tok, probed, exemplars=facts, progress=_progress(args))
     out = Path(args.out)
     write_probe(out, rows, summary)
     save_config(settings, out / "probe_config.yaml")
@@ -158,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _run_config(args)
     out = Path(args.out or f"runs/{Path(args.config).stem}")
-    run = train_run(cfg, out, progress=not args.no_progress, resume=not args.no_resume)
+    run = train_run(cfg, out, progress=_progress(args), resume=not args.no_resume)
     s = run.summary
     _out(f"trained {s['method']} on {s['n_examples']} examples ({s['n_unknown']} Unknown facts): "
          f"{s['steps']} steps, {s['trainable_params']:,} trainable parameters, {s['train_seconds']:.0f} s")
@@ -206,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     out = Path(args.out or f"runs/{Path(args.config).stem}")
     t0 = time.perf_counter()
-    metrics = full_run(cfg, out, progress=not args.no_progress, resume=not args.no_resume)
+    metrics = full_run(cfg, out, progress=_progress(args), resume=not args.no_resume)
     _out(f"run finished in {time.perf_counter() - t0:.0f} s: {metrics['run']['method']} on "
          f"{metrics['run']['n_unknown']} Unknown facts")
     for line in _headline_lines(metrics):
@@ -274,7 +285,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from knowpack.methods.loki.kva import attribute, load_attribution_prompts, save_scores
+    from knowpack.distributed import is_main, world_size
+    from knowpack.methods.loki.kva import attribute_across_processes, load_attribution_prompts, save_scores
     from knowpack.models import load_model
 
     model, tok = load_model(_model_path(args.model), device=args.device, dtype=args.dtype,
@@ -288,11 +300,15 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if args.limit:
         ids, prompts = ids[:args.limit], prompts[:args.limit]
     t0 = time.perf_counter()
-    scores = attribute(model, tok, prompts, method=args.method, steps=args.steps, progress=not args.no_progress)
-    save_scores(args.out, scores, ids, {"method": args.method, "steps": args.steps, "model": args.model,
-                                        "prompts": prompts_path})
+    # Under `accelerate launch` every process attributes every world-th prompt; rank zero writes all.
+    scores = attribute_across_processes(model, tok, prompts, method=args.method, steps=args.steps,
+                                        progress=_progress(args))
+    if is_main():
+        save_scores(args.out, scores, ids, {"method": args.method, "steps": args.steps, "model": args.model,
+                                            "prompts": prompts_path})
     dt = time.perf_counter() - t0
-    _out(f"attributed {len(prompts)} prompts ({args.method}, {args.steps} steps) in {dt:.1f} s "
+    procs = f" on {world_size()} processes" if world_size() > 1 else ""
+    _out(f"attributed {len(prompts)} prompts ({args.method}, {args.steps} steps){procs} in {dt:.1f} s "
          f"({dt / max(1, len(prompts)):.3f} s per prompt): scores {tuple(scores.shape)} -> {args.out}")
     return 0
 
@@ -315,7 +331,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from knowpack.demo import run_demo
 
-    return run_demo(Path(args.config), out=Path(args.out), printer=_out, progress=not args.no_progress)
+    return run_demo(Path(args.config), out=Path(args.out), printer=_out, progress=_progress(args))
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -448,8 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s")
+    from knowpack.distributed import is_main, rank, world_size
+
+    # Under `accelerate launch`, only rank zero logs progress; the others report warnings and errors.
+    quiet = args.quiet or not is_main()
+    level = logging.DEBUG if args.verbose and is_main() else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s" if world_size() == 1 else f"[rank {rank()}] %(message)s")
+    if not is_main():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its weight-loading bars, once per process otherwise
     for noisy in ("httpx", "urllib3", "filelock", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
@@ -458,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KnowpackError as exc:
-        print(f"knowpack: error: {exc}", file=sys.stderr)
+        who = f" (rank {rank()})" if world_size() > 1 else ""
+        print(f"knowpack: error{who}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("knowpack: interrupted", file=sys.stderr)

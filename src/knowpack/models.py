@@ -30,6 +30,9 @@ def set_seed(seed: int) -> None:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    if device in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        # under `accelerate launch`/torchrun each process takes its own GPU, not all of them GPU 0
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -137,15 +137,33 @@ def cmd_probe(args: argparse.Namespace) -> int:
     cfg = RunConfig(model=args.model, probe=settings, cache_dir=args.cache_dir)
     facts = load_facts(_facts_path(args.facts), args.format)
     probed = facts.sample(args.limit, settings.seed) if args.limit else facts
-    model, tok = load_model(_model_path(args.model), device=args.device, dtype=args.dtype,
-                            trust_remote_code=args.trust_remote_code)
-    t0 = time.perf_counter()
-    rows, summary = cached_probe(cfg, model, tok, probed, exemplars=facts, progress=_progress(args))
     out = Path(args.out)
+    backend, model_id = None, None
+    if args.backend == "vllm":
+        from knowpack.probe import vllm_backend
+
+        vllm_backend.require_vllm()  # before any merging
+        served = vllm_backend.served_model_dir(_model_path(args.model), args.adapter, out / "merged-model",
+                                               dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+        backend = vllm_backend.VLLMBackend(served, dtype=args.dtype, seed=settings.seed,
+                                           trust_remote_code=args.trust_remote_code)
+        model, tok, model_id = None, backend.tokenizer, f"vllm:{vllm_backend.dir_fingerprint(served)}"
+    elif args.adapter:
+        from knowpack.adapters import load_adapted
+
+        model, tok, _ = load_adapted(_model_path(args.model), args.adapter, device=args.device, dtype=args.dtype,
+                                     trust_remote_code=args.trust_remote_code)
+    else:
+        model, tok = load_model(_model_path(args.model), device=args.device, dtype=args.dtype,
+                                trust_remote_code=args.trust_remote_code)
+    t0 = time.perf_counter()
+    rows, summary = cached_probe(cfg, model, tok, probed, exemplars=facts, progress=_progress(args),
+                                 model_id=model_id, backend=backend)
     write_probe(out, rows, summary)
     save_config(settings, out / "probe_config.yaml")
-    write_json(out / "probe_meta.json", {"model": args.model, "facts": args.facts, "limit": args.limit,
-                                         "n_facts": len(probed), "seconds": round(time.perf_counter() - t0, 2)})
+    write_json(out / "probe_meta.json", {"model": args.model, "adapter": args.adapter, "backend": args.backend,
+                                         "facts": args.facts, "limit": args.limit, "n_facts": len(probed),
+                                         "seconds": round(time.perf_counter() - t0, 2)})
     counts = summary.get("counts", {})
     _out(f"probed {len(rows)} facts in {time.perf_counter() - t0:.1f} s -> {out / 'probe.jsonl'}")
     for c in CATEGORIES:
@@ -392,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--facts", required=True, help="fact file ('world' = the embedded world's facts)")
     p.add_argument("--format", default="auto", choices=FACT_FORMATS, help="fact file format (default: detect)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--adapter", help="probe the model with this adapter (RUN/adapter) applied; with --backend "
+                                     "vllm it is merged first into OUT/merged-model")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                   help="generation backend: hf (built-in batched engine, default) or vllm (pip install "
+                        "knowpack[vllm]; serves a plain or merged model)")
     p.add_argument("--limit", type=int, help="probe a seeded random sample of N facts (not the first N)")
     p.add_argument("--seed", type=int, help="probe seed (exemplars, sampling, --limit sample)")
     p.add_argument("--config", help="YAML file with probe settings")

@@ -126,8 +126,13 @@ def probe_facts_of(cfg: RunConfig, facts: FactSet) -> FactSet:
 
 
 def cached_probe(cfg: RunConfig, model: Any, tok: Any, facts: FactSet, *, exemplars: FactSet | None = None,
-                 progress: bool = True, model_id: str | None = None) -> tuple[list[dict], dict]:
-    """Probe `facts` with `cfg.probe`, reading and filling the cache (keyed by weights, facts, settings)."""
+                 progress: bool = True, model_id: str | None = None,
+                 backend: Any = None) -> tuple[list[dict], dict]:
+    """Probe `facts` with `cfg.probe`, reading and filling the cache (keyed by weights, facts, settings).
+
+    `backend` (a GenerationBackend, e.g. vLLM) answers instead of the built-in engine on `model`;
+    then `model_id` must name what it serves, and `model` may be None.
+    """
     model_id = model_id or model_fingerprint(model)
     facts_id = facts.fingerprint() + (f"+ex:{exemplars.fingerprint()}" if exemplars is not None else "")
     cache = cache_root(cfg) / "probe"
@@ -135,7 +140,7 @@ def cached_probe(cfg: RunConfig, model: Any, tok: Any, facts: FactSet, *, exempl
     if hit is not None:
         log.info("probe: reusing the cached result for %d facts", len(facts))
         return hit
-    rows = probe_facts(model, tok, facts, cfg.probe, progress=progress, exemplars=exemplars)
+    rows = probe_facts(model, tok, facts, cfg.probe, progress=progress, exemplars=exemplars, backend=backend)
     summary = summarize_probe(rows, cfg.probe)
     save_probe_cache(cache, model_id, facts_id, cfg.probe, rows, summary)
     return rows, summary

@@ -1,0 +1,201 @@
+"""The generation-backend seam: probing through any GenerationBackend, and the vLLM backend on a fake vLLM.
+
+vLLM is not installed in CI (nor installable here), so its backend is exercised against a stand-in
+`vllm` module with the same surface (`LLM(...)`, `LLM.generate(prompts, SamplingParams, use_tqdm)`,
+`SamplingParams(...)`): what token ids it is fed, which sampling parameters, how answers come back,
+that adapters (LoKI, DoRA) are merged into a plain model before it is served, and the message when
+vLLM is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from knowpack.cli import main
+from knowpack.facts import Fact, FactSet
+from knowpack.probe import GenerationBackend, ProbeSettings, answer_zero_shot, probe_facts
+from knowpack.probe.engine import Completions
+from knowpack.probe.prompts import Prompt
+
+FACTS = FactSet([Fact(f"f{i}", f"Where was person {i} born?", (f"town{i}",), relation="birthplace",
+                      subject=f"person {i}") for i in range(5)])
+
+
+def scripted(question: str, sample: bool, k: int) -> str:
+    """f0 always right (HighlyKnown), f1 right on greedy prompt 0 only (MaybeKnown), f2 right only
+    when sampled (WeaklyKnown), f3 never (Unknown), f4 refuses."""
+    i = int(re.findall(r"person (\d+) born\?", question)[-1])
+    if i == 0 or (i == 1 and not sample and k == 0) or (i == 2 and sample):
+        return f"town{i}"
+    return "I don't know" if i == 4 else "Paris"
+
+
+class FakeBackend:
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def generate(self, prompts, *, greedy=True, n_samples=0, temperature=0.5, top_k=40, max_new_tokens=32, seed=0,
+                 stop="\n", progress=None):
+        self.calls.append({"n": len(prompts), "greedy": greedy, "n_samples": n_samples, "temperature": temperature,
+                           "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed, "stop": stop})
+        out, seen = [], {}
+        for p in prompts:
+            text = p.text if isinstance(p, Prompt) else p
+            k = seen[text.rsplit("Question:", 1)[-1]] = seen.get(text.rsplit("Question:", 1)[-1], -1) + 1
+            out.append(Completions(scripted(text, False, k) if greedy else None,
+                                   [scripted(text, True, k) for _ in range(n_samples)]))
+        if progress:
+            progress(len(prompts))
+        return out
+
+
+def test_probe_categorises_whatever_backend_answers(tok):
+    backend = FakeBackend()
+    assert isinstance(backend, GenerationBackend)
+    settings = ProbeSettings(n_prompts=2, shots=1, n_samples=3, temperature=0.7, top_k=5, max_new_tokens=7, seed=3)
+    rows = probe_facts(None, tok, FACTS, settings, backend=backend, progress=False)
+    assert [r["category"] for r in rows] == ["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown", "Unknown"]
+    assert [r["p_greedy"] for r in rows] == [1.0, 0.5, 0.0, 0.0, 0.0]
+    assert rows[2]["p_sample"] == 1.0 and rows[4]["refused"] == [True, True]
+    assert backend.calls == [{"n": 10, "greedy": True, "n_samples": 3, "temperature": 0.7, "top_k": 5,
+                              "max_new_tokens": 7, "seed": 3, "stop": "\n"}]
+    answers = answer_zero_shot(None, tok, [f.question for f in FACTS], backend=backend)
+    assert answers == ["town0", "town1", "Paris", "Paris", "I don't know"]
+
+
+# --- the vLLM backend on a stand-in vllm module ---------------------------------------------------
+
+
+class FakeLLM:
+    instances: list["FakeLLM"] = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.calls = kwargs, []
+        FakeLLM.instances.append(self)
+        from knowpack.models import load_tokenizer
+
+        self.tok = load_tokenizer(kwargs["tokenizer"])
+
+    def generate(self, prompts, params, use_tqdm=True):
+        self.calls.append((prompts, params))
+        outs = []
+        for p in prompts:
+            text = self.tok.decode(p["prompt_token_ids"])
+            sample = params.temperature > 0
+            # what vLLM returns: the text after the prompt, stop string removed, maybe with spaces
+            texts = [f" {scripted(text, sample, 0)} " for _ in range(params.n)]
+            outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(text=t) for t in texts]))
+        return outs
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    FakeLLM.instances = []
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams, module.__version__ = FakeLLM, FakeSamplingParams, "0.0-fake"
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    return module
+
+
+def test_vllm_backend_feeds_hf_token_ids_and_returns_engine_style_answers(fake_vllm, tiny_dir, tok):
+    from knowpack.probe.vllm_backend import VLLMBackend
+
+    backend = VLLMBackend(tiny_dir, seed=5, max_model_len=256)
+    llm = FakeLLM.instances[-1]
+    assert llm.kwargs["model"] == str(tiny_dir) and llm.kwargs["seed"] == 5 and llm.kwargs["max_model_len"] == 256
+    prompts = [Prompt("Question: Where was person 7 born?\n", "Answer:"),
+               Prompt("<s>Question: Where was person 0 born?\n", "Answer:", add_special_tokens=False)]
+    out = backend.generate(prompts, greedy=True, n_samples=2, temperature=0.5, top_k=0, max_new_tokens=9, seed=5)
+    (fed, greedy), (_, sampled) = llm.calls
+    assert [f["prompt_token_ids"] for f in fed] == [tok(p.text, add_special_tokens=p.add_special_tokens)["input_ids"]
+                                                     for p in prompts]
+    assert (greedy.n, greedy.temperature, greedy.max_tokens, greedy.stop) == (1, 0.0, 9, ["\n"])
+    assert (sampled.n, sampled.temperature, sampled.top_k, sampled.seed) == (2, 0.5, -1, 5)  # top_k 0: all tokens
+    assert [(o.greedy, o.samples) for o in out] == [("Paris", ["Paris", "Paris"]), ("town0", ["town0", "town0"])]
+
+
+def _cli_probe(tiny_dir, facts, out, cache, *extra):
+    return main(["-q", "probe", "--model", str(tiny_dir), "--facts", str(facts), "--out", str(out), "--cache-dir",
+                 str(cache), "--no-progress", *extra, "n_prompts=2", "shots=1", "n_samples=2", "max_new_tokens=4"])
+
+
+def _facts_file(tmp_path: Path) -> Path:
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps(f.to_dict()) + "\n" for f in FACTS))
+    return path
+
+
+def test_knowpack_probe_backend_vllm(fake_vllm, tmp_path, tiny_dir):
+    facts = _facts_file(tmp_path)
+    assert _cli_probe(tiny_dir, facts, tmp_path / "out", tmp_path / "cache", "--backend", "vllm") == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "probe.jsonl").read_text().splitlines()]
+    # every greedy prompt of a vLLM call is answered as k = 0, so f1 counts as HighlyKnown here
+    assert [r["category"] for r in rows] == ["HighlyKnown", "HighlyKnown", "WeaklyKnown", "Unknown", "Unknown"]
+    assert json.loads((tmp_path / "out" / "probe_meta.json").read_text())["backend"] == "vllm"
+    assert len(FakeLLM.instances[-1].calls) == 2
+    # the cache is keyed by the served directory: a second probe generates nothing
+    assert _cli_probe(tiny_dir, facts, tmp_path / "out2", tmp_path / "cache", "--backend", "vllm") == 0
+    assert FakeLLM.instances[-1].calls == []
+    assert (tmp_path / "out2" / "probe.jsonl").read_bytes() == (tmp_path / "out" / "probe.jsonl").read_bytes()
+
+
+def _adapter(method_name: str, tiny_dir: Path, out: Path) -> None:
+    from knowpack.methods import get_method
+    from knowpack.methods.loki.method import LokiSettings
+    from knowpack.methods.peft_methods import LoraSettings
+    from knowpack.models import load_model
+
+    model, _ = load_model(str(tiny_dir), device="cpu", dtype="float32")
+    method = get_method(method_name)
+    if method_name == "loki":
+        model = method.prepare(model, LokiSettings(q=50), nodes=[[0, 5, 9], [1, 2]])
+    else:
+        model = method.prepare(model, LoraSettings(r=2, dropout=0.0))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn_like(p))
+    method.save(model, out, base_model=str(tiny_dir))
+
+
+@pytest.mark.parametrize("method_name", ["loki", "dora"])
+def test_adapters_are_merged_before_vllm_serves_them(fake_vllm, tmp_path, tiny_dir, method_name):
+    from transformers import AutoModelForCausalLM
+
+    from knowpack.adapters import load_adapted
+
+    adapter = tmp_path / "adapter"
+    _adapter(method_name, tiny_dir, adapter)
+    facts, out = _facts_file(tmp_path), tmp_path / "out"
+    assert _cli_probe(tiny_dir, facts, out, tmp_path / "cache", "--backend", "vllm", "--adapter", str(adapter)) == 0
+    served = Path(FakeLLM.instances[-1].kwargs["model"])
+    assert served == out / "merged-model" and not (out / "merged-model.tmp").exists()
+    merged = AutoModelForCausalLM.from_pretrained(str(served), dtype=torch.float32)
+    model, _, method = load_adapted(str(tiny_dir), adapter, device="cpu", dtype="float32")
+    expected = method.merge(model).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32).state_dict()
+    got = merged.state_dict()
+    assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected)
+    assert any(not torch.equal(got[k], base[k]) for k in base)  # the adapter changed the served weights
+
+
+def test_missing_vllm_says_how_to_install_and_writes_nothing(monkeypatch, tmp_path, tiny_dir, capsys):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` sees when it is not installed
+    out = tmp_path / "out"
+    assert _cli_probe(tiny_dir, _facts_file(tmp_path), out, tmp_path / "cache", "--backend", "vllm") == 2
+    err = capsys.readouterr().err
+    assert "pip install knowpack[vllm]" in err and "Traceback" not in err
+    assert not out.exists()

@@ -69,3 +69,12 @@ def test_parser_choices_come_from_the_registry():
     select = sub.choices["select"]
     strategy = next(a for a in select._actions if a.dest == "strategy")
     assert list(strategy.choices) == list(STRATEGIES)
+
+
+def test_overrides_may_follow_options(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: world\n")
+    res = run("train", str(cfg), "--out", str(tmp_path / "run"), "compose.n_unknwn=3")
+    assert res.returncode == 2 and "n_unknwn" in res.stderr and "unrecognized" not in res.stderr
+    res = run("train", str(cfg), "--out", str(tmp_path / "run"), "--bogus")
+    assert res.returncode == 2 and "unrecognized arguments: --bogus" in res.stderr

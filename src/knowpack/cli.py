@@ -486,7 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may come after options (`run CONFIG --out DIR lr=1`), which argparse
+    # cannot split by itself; anything else unknown is still an error.
+    if extra:
+        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from knowpack.distributed import is_main, rank, world_size
 
     # Under `accelerate launch`, only rank zero logs progress; the others report warnings and errors.

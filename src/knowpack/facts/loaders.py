@@ -184,6 +184,25 @@ def _array_item_lines(text: str) -> list[int]:
         pos += 1
 
 
+def _unreadable_item_line(text: str) -> int | None:
+    """Line of the first top-level array item json cannot read (nested too deeply, a too long number)."""
+    decoder = json.JSONDecoder(object_pairs_hook=_object)
+    pos = _JSON_WS.match(text, 0).end()
+    if not text.startswith("[", pos):
+        return None
+    pos += 1
+    while True:
+        pos = _JSON_WS.match(text, pos).end()
+        try:
+            _, pos = decoder.raw_decode(text, pos)
+        except (ValueError, RecursionError):
+            return text.count("\n", 0, pos) + 1
+        pos = _JSON_WS.match(text, pos).end()
+        if pos >= len(text) or text[pos] != ",":
+            return None
+        pos += 1
+
+
 def _json_rows(rd: _Reader, text: str) -> Iterator[_Row]:
     try:
         doc = _json_loads(text)
@@ -193,7 +212,7 @@ def _json_rows(rd: _Reader, text: str) -> Iterator[_Row]:
             return
         raise rd.error(f"invalid JSON at column {exc.colno}: {exc.msg}", line=exc.lineno) from None
     except (ValueError, RecursionError) as exc:
-        raise rd.error(_json_limit(exc)) from None
+        raise rd.error(_json_limit(exc), line=_unreadable_item_line(text)) from None
     lines: list[int | None]
     if isinstance(doc, list):
         items, lines = doc, list(_array_item_lines(text))

@@ -1,6 +1,6 @@
 """Probing benchmark: the batched engine vs one `model.generate` per prompt, greedy, same prompts.
 
-    .venv/bin/python bench/probe.py [--facts 300] [--prompts-per-fact 2] [--threads 2]
+    .venv/bin/python bench/probe.py [--facts 300] [--prompts-per-fact 2] [--threads 2] [--world DIR]
 
 Uses the embedded world (src/knowpack/data/world/model and facts.jsonl) when it exists; otherwise a
 random Llama of the world's shape with a generated fact set (said in the output). Both paths get
@@ -19,6 +19,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -64,32 +65,35 @@ def fallback_world(n_facts: int, seed: int = 0):
     return model, tok, FactSet(facts, source="generated"), "tiny random Llama (world shape) + generated facts"
 
 
-def load_world(n_facts: int):
-    if (WORLD / "model" / "config.json").exists() and (WORLD / "facts.jsonl").exists():
-        model, tok = load_model(WORLD / "model", device="cpu", dtype="float32")
-        pool = load_facts(WORLD / "facts.jsonl")
-        return model, tok, pool.sample(n_facts, seed=0), pool, f"embedded world ({WORLD.relative_to(WORLD.parents[3])})"
+def load_world(n_facts: int, world: Path = WORLD):
+    if (world / "model" / "config.json").exists() and (world / "facts.jsonl").exists():
+        model, tok = load_model(world / "model", device="cpu", dtype="float32")
+        pool = load_facts(world / "facts.jsonl")
+        return model, tok, pool.sample(n_facts, seed=0), pool, f"world at {world}"
     model, tok, facts, source = fallback_world(n_facts)
     return model, tok, facts, facts, source
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--world", type=Path, default=WORLD, help="world directory (model/, facts.jsonl)")
     ap.add_argument("--facts", type=int, default=300)
     ap.add_argument("--prompts-per-fact", type=int, default=2, help="first k of the 10 SliCK prompts of each fact")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default 2, or 1 when the machine is already busy: spinning threads "
+                         "on oversubscribed cores make every timing several times slower)")
     ap.add_argument("--plain-subset", type=int, default=40, help="prompts timed for the loop without early stop")
     ap.add_argument("--probe-facts", type=int, default=24, help="facts (of one relation) for the full-probe rate; 0: skip")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-
-    load = os.getloadavg()[0]
-    if load > (os.cpu_count() or 1):
-        print(f"warning: load average {load:.1f} on {os.cpu_count()} cores; timings are noisy "
-              "(on a shared machine --threads 1 suffers least)", flush=True)
-    model, tok, facts, pool, source = load_world(args.facts)
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        print(f"warning: load average {load:.1f} on {cores} cores; timings are noisy", flush=True)
+    if args.threads is None:
+        args.threads = 1 if load > cores else 2
+    torch.set_num_threads(args.threads)
+    model, tok, facts, pool, source = load_world(args.facts, args.world)
     print(f"model: {source}; {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{len(facts)} facts, {args.threads} threads", flush=True)
     per_fact = build_probe_prompts(facts, tok, n_prompts=10, shots=4, seed=0, exemplars=pool)
@@ -122,7 +126,7 @@ def main() -> None:
     result = {"bench": "probe", "ratio": round(t_naive / t_engine, 2), "agreement": round(agree, 4),
               "ratio_vs_plain_loop": round(t_plain / t_engine, 2), "prompts": len(prompts),
               "engine_s": round(t_engine, 3), "naive_s": round(t_naive, 3), "model": source,
-              "threads": args.threads, "batch_size": args.batch_size}
+              "threads": args.threads, "batch_size": args.batch_size, "load_avg": round(load, 1)}
     if args.probe_facts:
         settings = ProbeSettings(batch_size=args.batch_size)
         # one relation, so prompts share prefixes in groups as in a full probe (where groups are large)
@@ -136,6 +140,11 @@ def main() -> None:
         print(f"full probe (10 prompts x (greedy + 16 samples)): {len(rows) / t_probe:.2f} facts/s; {counts}",
               flush=True)
         result["probe_facts_per_s"] = round(len(rows) / t_probe, 3)
+        t0 = time.perf_counter()
+        probe_facts(model, tok, subset, replace(settings, lazy_samples=True), progress=False, exemplars=pool)
+        t_lazy = time.perf_counter() - t0
+        print(f"full probe with lazy_samples: {len(rows) / t_lazy:.2f} facts/s", flush=True)
+        result["probe_lazy_facts_per_s"] = round(len(rows) / t_lazy, 3)
     print(json.dumps(result))
 
 

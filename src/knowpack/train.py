@@ -166,6 +166,20 @@ def latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> Path | None:
     return best[1] if best else (ckpt_dir if ckpt_dir.exists() else None)
 
 
+def _promote_checkpoint(ckpt_dir: Path, fingerprint: str) -> None:
+    """Finish what a killed `save_checkpoint` started: the newest complete checkpoint becomes
+    `checkpoint/`, so the next save (which clears checkpoint.tmp) cannot delete it."""
+    found = latest_checkpoint(ckpt_dir, fingerprint)
+    if found is None or found == ckpt_dir:
+        return
+    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+    if found != old and ckpt_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        ckpt_dir.rename(old)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    found.rename(ckpt_dir)
+
+
 def finished_training(out_dir: Path, fingerprint: str) -> tuple[Path, dict[str, Any]] | None:
     """(adapter directory, training record) of a training that finished for this set-up, or None.
 
@@ -254,18 +268,12 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
     ckpt_dir = out_dir / "checkpoint"
     log_path = out_dir / "train_log.jsonl"
     start = 0
-    found = latest_checkpoint(ckpt_dir, fingerprint) if resume else None
-    if found is not None and found != ckpt_dir:
-        # finish what the killed save_checkpoint started, so the next save cannot delete the newest one
+    found = None
+    if resume:
         if acc.is_main_process:
-            old = ckpt_dir.with_name(ckpt_dir.name + ".old")
-            if found != old and ckpt_dir.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                ckpt_dir.rename(old)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-            found.rename(ckpt_dir)
-        acc.wait_for_everyone()
-        found = ckpt_dir
+            _promote_checkpoint(ckpt_dir, fingerprint)
+        acc.wait_for_everyone()  # every process reads the checkpoint after rank zero settled it
+        found = latest_checkpoint(ckpt_dir, fingerprint)
     if found is not None:
         start = load_checkpoint(found, model, optimizer, scheduler, fingerprint) or 0
         if start:

@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "probe, compose the training set, and train an adapter (LoRA family, full, LoKI)")
     p.add_argument("config", help="run config YAML (see configs/lora-world.yaml)")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
-    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint left in the run directory")
+    p.add_argument("--no-resume", action="store_true", help="start afresh: ignore the checkpoint, finished adapter "
+                                                            "and metrics a previous attempt left in the run directory")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
 
@@ -434,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "report.md and plots into the run directory.")
     p.add_argument("config", help="run config YAML (see configs/)")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
-    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint left in the run directory")
+    p.add_argument("--no-resume", action="store_true", help="start afresh: ignore the checkpoint, finished adapter "
+                                                            "and metrics a previous attempt left in the run directory")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
 

@@ -331,7 +331,7 @@ def test_installed_knowpack_run_killed_from_outside_resumes(server, tmp_path, ti
     """The `knowpack` script in a fresh process, SIGKILLed by this test while it trains."""
     cfg = _config(tmp_path, tiny_dir, "cache")
     yaml_cfg = yaml.safe_load(cfg.read_text())
-    yaml_cfg["train"]["epochs"] = 4
+    yaml_cfg["train"]["epochs"] = 8  # 24 steps, each checkpointed: long enough to be caught training
     cfg.write_text(yaml.safe_dump(yaml_cfg))
     out = tmp_path / "run"
     exe = Path(sys.executable).with_name("knowpack")
@@ -352,5 +352,5 @@ def test_installed_knowpack_run_killed_from_outside_resumes(server, tmp_path, ti
     done = server.run(["run", str(cfg), "--out", str(out), "--no-progress"], None, events)
     assert done["code"] == 0, done["log"][-3000:]
     steps = _events(events).get("step", 0)
-    assert 12 - killed_at <= steps <= 12 - killed_at + 1  # at most the step in flight is redone
-    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == list(range(1, 13))
+    assert 24 - killed_at <= steps <= 24 - killed_at + 1  # at most the step in flight is redone
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == list(range(1, 25))

@@ -126,6 +126,8 @@ def test_argument_checks(tok):
     assert engine.generate([]) == []
     with pytest.raises(ValueError, match="temperature"):
         engine.generate(["x"], n_samples=2, temperature=0)
+    with pytest.raises(ValueError, match="no tokens"):
+        engine.generate([""])
     with pytest.raises(ValueError, match="batch_size"):
         HFEngine(model, tok, batch_size=0)
 

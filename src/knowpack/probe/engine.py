@@ -402,6 +402,8 @@ class HFEngine:
                 if prefixes else {}
             for i, ids in zip(idx, full):
                 ids = list(ids)
+                if not ids:
+                    raise ValueError(f"prompt {i} has no tokens; there is nothing to continue from")
                 p = pre_ids.get(prompts[i].prefix, [])
                 if p and len(ids) > len(p) and ids[:len(p)] == list(p):
                     items[i] = _Item(i, tuple(p), ids[len(p):])

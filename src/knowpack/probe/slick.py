@@ -1,7 +1,8 @@
 """SliCK knowledge categories (Gekhman et al., 2024; SPEC §3): probe, summarise, write, cache.
 
     from knowpack.probe import ProbeSettings, probe_facts, summarize_probe, write_probe
-    rows = probe_facts(model, tok, facts, ProbeSettings(n_samples=16))
+    settings = ProbeSettings(n_samples=16)
+    rows = probe_facts(model, tok, facts, settings)
     write_probe(out_dir, rows, summarize_probe(rows, settings))
 
 Each fact gets `n_prompts` few-shot prompts; per prompt one greedy answer and `n_samples` sampled
@@ -10,11 +11,13 @@ correct sampled answers; HighlyKnown: P_greedy = 1, MaybeKnown: 0 < P_greedy < 1
 P_greedy = 0 < P_sample, Unknown: both 0. With `n_samples = 0` sampling is off, `p_sample` is null
 and a fact with P_greedy = 0 is Unknown. With `lazy_samples` only facts with P_greedy = 0 are
 sampled (a second generation pass): the category rule is unchanged (only those facts' categories
-depend on samples), the other facts' `p_sample` is null, and the work drops by the known share. Refusals (match.py) are flagged and never correct.
+depend on samples) and the other facts' `p_sample` is null; it pays off when most facts are known.
+Refusals (match.py) are flagged and never correct.
 
-Cached results are keyed by the model's fingerprint, the fact set's fingerprint and a hash of every
-setting that can change an answer, and the key's parts are stored beside the rows and checked on
-load, so a result is never read back for another model, fact set or setting.
+Cached results are keyed by the model's fingerprint, the fact set's and exemplar pool's
+fingerprints, a hash of every setting that can change an answer and a probe-format version; the
+key's parts are stored beside the rows and checked on load, so a result is never read back for
+another model, fact set or setting.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ class ProbeSettings:
     chat: bool | None = field(default=None, metadata={"help": "use the chat template (null: when the tokenizer has one)"})
     keep_samples: bool = field(default=False, metadata={"help": "also write every sampled answer to probe.jsonl"})
     lazy_samples: bool = field(default=False, metadata={
-        "help": "sample only facts with P_greedy = 0 (the only ones whose category needs it); "
-                "the others get p_sample null. Same category rule, far less work"})
+        "help": "sample only facts with P_greedy = 0 (the only ones whose category needs it); the others get "
+                "p_sample null. Saves work when most facts are known (after training); otherwise the second "
+                "pass's prefill costs more than it saves"})
 
     def __post_init__(self) -> None:
         problems = []
@@ -114,8 +118,11 @@ def _progress_bar(n_prompts: int, per_fact: int, enabled: bool, desc: str):
 def probe_facts(model: Any, tokenizer: Any, facts: FactSet | Sequence[Fact], settings: ProbeSettings | None = None,
                 *, backend: GenerationBackend | None = None, progress: bool = True,
                 exemplars: FactSet | Sequence[Fact] | None = None) -> list[dict[str, Any]]:
-    """Probe every fact; one row per fact, in order (see the module docstring for the fields).
+    """Probe every fact; one row per fact, in order.
 
+    Row fields: `id`, `category`, `p_greedy`, `p_sample` (null when not sampled), `greedy_answers`
+    (one per prompt), `greedy_correct` and `refused` (one flag per greedy answer), and with
+    `keep_samples` also `sampled_answers` (per prompt, a list of samples).
     `exemplars` is the pool few-shot exemplars come from (default: `facts`); pass the same pool
     before and after training so both probes use the same prompts.
     """

@@ -41,7 +41,6 @@ def _install(point: str | None, events: str) -> None:
     import knowpack.evaluate.stage as stage
     import knowpack.io as kio
     import knowpack.probe.slick as slick
-    import knowpack.report as report
     import knowpack.runs as runs
     import knowpack.sweep as sweep
     import knowpack.train as train
@@ -288,7 +287,8 @@ def test_run_killed_at_every_stage_resumes_to_the_uninterrupted_result(server, t
     # nothing lost: every output equals the uninterrupted run's, byte for byte
     got, want = _files(out), _files(tmp_path / "ref-run")
     assert sorted(got) == sorted(want)
-    assert [k for k in want if got[k] != want[k]] == [], [(k, got[k][:400], want[k][:400]) for k in want if got[k] != want[k]]
+    differ = [k for k in want if got[k] != want[k]]
+    assert differ == [], [(k, got[k][:400], want[k][:400]) for k in differ]
     assert (out / "report.md").exists()
     assert not [p.name for p in out.iterdir() if p.name.startswith(("checkpoint", "adapter.tmp"))]
     # nothing finished was redone: only work whose output was cut short ran twice

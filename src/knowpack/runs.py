@@ -125,6 +125,19 @@ def probe_facts_of(cfg: RunConfig, facts: FactSet) -> FactSet:
     return facts.sample(cfg.probe_limit, cfg.probe.seed) if cfg.probe_limit else facts
 
 
+def shipped_probe_caches() -> list[Path]:
+    """Read-only probe caches shipped with the embedded world (its base model's default probe).
+
+    An entry is used only when its key matches exactly: the same weights, facts, exemplars and
+    settings, so it is what probing would compute, read instead of recomputed.
+    """
+    try:
+        path = world_dir() / "cache" / "probe"
+    except ImportError:  # pragma: no cover - the world package is part of knowpack
+        return []
+    return [path] if path.is_dir() else []
+
+
 def cached_probe(cfg: RunConfig, model: Any, tok: Any, facts: FactSet, *, exemplars: FactSet | None = None,
                  progress: bool = True, model_id: str | None = None,
                  backend: Any = None) -> tuple[list[dict], dict]:
@@ -136,10 +149,11 @@ def cached_probe(cfg: RunConfig, model: Any, tok: Any, facts: FactSet, *, exempl
     model_id = model_id or model_fingerprint(model)
     facts_id = facts.fingerprint() + (f"+ex:{exemplars.fingerprint()}" if exemplars is not None else "")
     cache = cache_root(cfg) / "probe"
-    hit = load_probe_cache(cache, model_id, facts_id, cfg.probe)
-    if hit is not None:
-        log.info("probe: reusing the cached result for %d facts", len(facts))
-        return hit
+    for where in (cache, *shipped_probe_caches()):
+        hit = load_probe_cache(where, model_id, facts_id, cfg.probe)
+        if hit is not None:
+            log.info("probe: reusing the cached result for %d facts (%s)", len(facts), where)
+            return hit
     rows = probe_facts(model, tok, facts, cfg.probe, progress=progress, exemplars=exemplars, backend=backend)
     summary = summarize_probe(rows, cfg.probe)
     save_probe_cache(cache, model_id, facts_id, cfg.probe, rows, summary)

@@ -65,9 +65,22 @@ class RunConfig:
 
 
 def world_dir() -> Path:
-    from knowpack.world import default_world_dir
+    """The embedded world: shipped inside the package, or else built once into the cache.
 
-    return default_world_dir()
+    Building runs `knowpack world build` with seed 0 (minutes on a CPU) the first time a checkout
+    without the shipped world asks for it; later calls reuse the built copy.
+    """
+    from knowpack.world import build_world, default_world_dir
+
+    shipped = default_world_dir()
+    if (shipped / "world.json").exists():
+        return shipped
+    built = Path(os.environ.get("KNOWPACK_CACHE", "~/.cache/knowpack")).expanduser() / "world"
+    if not (built / "world.json").exists():
+        log.warning("the embedded world is not shipped in this installation; building it once into %s "
+                    "(a few minutes on a CPU; `knowpack world build --out DIR` does the same)", built)
+        build_world(built, seed=0, force=built.exists())
+    return built
 
 
 def model_path(cfg: RunConfig) -> str:

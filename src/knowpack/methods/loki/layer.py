@@ -60,7 +60,9 @@ class LokiLinear(nn.Module):
                                                                          self.lora_A)
         else:
             sel = F.linear(x, self.rows_weight)
-        return out.index_copy(-1, self.rows, sel.to(out.dtype))
+        # In place: `out` is a fresh tensor that F.linear's backward does not need, so the selected
+        # coordinates are overwritten without copying the whole output.
+        return out.index_copy_(-1, self.rows, sel.to(out.dtype))
 
     def to_linear(self) -> nn.Linear:
         """The base module with the trained rows written into its weight."""

@@ -52,6 +52,15 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="allow the model's own Python code to run (off by default)")
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options `train` and `run` share, after their CONFIG argument."""
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh: ignore the checkpoint, finished adapter "
+                                                            "and metrics a previous attempt left in the run directory")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+
+
 def _model_path(name: str) -> str:
     if name == "world":
         from knowpack.runs import world_dir
@@ -424,21 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", cmd_train, "probe, compose the training set, and train an adapter (LoRA family, full, LoKI)")
     p.add_argument("config", help="run config YAML (see configs/lora-world.yaml)")
-    p.add_argument("--out", help="run directory (default: runs/<config name>)")
-    p.add_argument("--no-resume", action="store_true", help="start afresh: ignore the checkpoint, finished adapter "
-                                                            "and metrics a previous attempt left in the run directory")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    _add_run_args(p)
 
     p = add("run", cmd_run, "one whole run: probe, compose, [attribute + select], train, evaluate, report",
             epilog="Writes config.yaml, env.json, probe_before/after.jsonl, train.jsonl, adapter/, metrics.json, "
                    "report.md and plots into the run directory.")
     p.add_argument("config", help="run config YAML (see configs/)")
-    p.add_argument("--out", help="run directory (default: runs/<config name>)")
-    p.add_argument("--no-resume", action="store_true", help="start afresh: ignore the checkpoint, finished adapter "
-                                                            "and metrics a previous attempt left in the run directory")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    _add_run_args(p)
 
     p = add("sweep", cmd_sweep, "run a grid of runs (the config's `grid:`), resumable; then write the report",
             epilog="One line per finished run is appended to OUT/results.jsonl; rerun the same command to resume.")

@@ -12,34 +12,31 @@ the MC benchmark's items never appear.
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 
-from knowpack.world.generate import LETTERS, World, WorldFact, make_mc_item
+from knowpack.world.generate import LETTERS, World, WorldFact, cumulative_mentions, make_mc_item
+
 
 def qa_block(question: str, answer: str) -> str:
     """One zero-shot block: the probe's base-model prompt followed by the answer and a newline."""
     return f"Question: {question}\nAnswer: {answer}\n"
 
 
-def true_mentions(exposures: int, true_share: float, epoch: int) -> int:
-    """How many of a fact's mentions in `epoch` give the true answer.
+def _count(rate: float, epoch: int, phase: float) -> int:
+    return cumulative_mentions(rate, epoch + 1, phase) - cumulative_mentions(rate, epoch, phase)
 
-    Counted so that over epochs 0..e the true mentions total floor(share · exposures · (e+1)):
-    the share holds exactly over training, not just on average.
-    """
-    if true_share >= 1.0:
-        return exposures
-    per_epoch = true_share * exposures
-    return math.floor(per_epoch * (epoch + 1) + 1e-9) - math.floor(per_epoch * epoch + 1e-9)
+
+def _golden_phase(k: int) -> float:
+    """Well-spread phases for items that have no random phase of their own."""
+    return (k * 0.6180339887498949) % 1.0
 
 
 def fact_mentions(wf: WorldFact, epoch: int, paraphrase_share: float, rng: random.Random) -> list[str]:
     """The blocks that mention one fact in one epoch (canonical template or a pretraining paraphrase)."""
     fact, rel = wf.fact, wf.relation
-    n_true = true_mentions(wf.exposures, wf.true_share, epoch)
-    answers = [fact.answer] * n_true + [wf.wrong_answer or fact.answer] * (wf.exposures - n_true)
+    n, n_true = wf.mentions(epoch), wf.true_mentions(epoch)
+    answers = [fact.answer] * n_true + [wf.wrong_answer or fact.answer] * (n - n_true)
     blocks = []
     for answer in answers:
         template = 0
@@ -66,21 +63,25 @@ def epoch_documents(world: World, epoch: int) -> list[str]:
     rng = random.Random(f"knowpack-corpus-{cfg.seed}-{epoch}")
     by_relation: dict[str, list[str]] = {}
     for wf in world.facts:
-        if wf.exposures > 0:
+        if wf.rate > 0:
             by_relation.setdefault(wf.fact.relation or "", []).extend(
                 fact_mentions(wf, epoch, cfg.paraphrase_share, rng))
     docs: list[str] = []
     for relation in sorted(by_relation):
         docs.extend(_chunk_docs(by_relation[relation], cfg.blocks_per_doc, rng))
 
-    arithmetic = [qa_block(item.question, item.answer)
-                  for item in world.arithmetic_train for _ in range(cfg.arithmetic_exposures)]
+    arithmetic = [qa_block(item.question, item.answer) for k, item in enumerate(world.arithmetic_train)
+                  for _ in range(_count(cfg.arithmetic_rate, epoch, _golden_phase(k)))]
     docs.extend(_chunk_docs(arithmetic, cfg.blocks_per_doc, rng))
 
     for wf in world.mc_train:
-        for _ in range(cfg.mc_exposures):
+        for _ in range(_count(cfg.mc_rate, epoch, wf.phase)):
             item = make_mc_item(wf, world.pools[wf.fact.relation or ""], rng)
-            docs.append(item.prompt() + LETTERS[item.answer] + "\n")
+            # Some MC documents first state the fact: matching a choice to an answer in context is
+            # learnt early and then carries over to answers recalled from the weights.
+            lead = qa_block(wf.fact.question, wf.fact.answer) if rng.random() < cfg.mc_context_share else ""
+            tail = f". {item.choices[item.answer]}" if cfg.mc_answer_text else ""
+            docs.append(lead + item.prompt() + LETTERS[item.answer] + tail + "\n")
     rng.shuffle(docs)
     return docs
 

@@ -12,10 +12,12 @@ world, byte for byte.
 
     from knowpack.world.generate import WorldConfig, generate_world
     world = generate_world(WorldConfig(seed=0))
+    world.probe_facts[0].popularity   # its number of mentions in the whole pretraining corpus
 """
 
 from __future__ import annotations
 
+import math
 import random
 import string
 from dataclasses import dataclass, field, replace
@@ -39,12 +41,12 @@ LETTERS = ("A", "B", "C", "D")
 class Tier:
     """A popularity tier of people: how often each of their facts is mentioned per epoch.
 
-    `true_share` < 1 makes the tier *noisy*: that share of the mentions gives the true answer and the
-    rest give one fixed wrong answer.
+    `rate` may be fractional (0.3: about every third epoch). `true_share` < 1 makes the tier
+    *noisy*: that share of the mentions gives the true answer, the rest one fixed wrong answer.
     """
 
     name: str
-    exposures: int
+    rate: float
     true_share: float = 1.0
     weight: float = 1.0
 
@@ -54,35 +56,44 @@ class Tier:
 
 
 DEFAULT_TIERS = (
-    Tier("head-a", 10),
-    Tier("head-b", 6),
-    Tier("torso-a", 4),
-    Tier("torso-b", 1),
-    Tier("tail", 0),
-    Tier("noisy-30", 5, true_share=0.3),
-    Tier("noisy-45", 5, true_share=0.45),
-    Tier("noisy-55", 5, true_share=0.55),
+    Tier("head-a", 5),
+    Tier("head-b", 3.4),
+    Tier("torso-a", 1),
+    Tier("torso-b", 0.34),
+    Tier("torso-c", 0.15),
+    Tier("noisy-30", 3, true_share=0.3),
+    Tier("noisy-40", 3, true_share=0.4),
+    Tier("noisy-50", 3, true_share=0.5),
+    Tier("tail", 0, weight=2),
 )
 
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Every setting of the world's content. Exposures are mentions per pretraining epoch."""
+    """Every setting of the world's content and of its pretraining corpus.
+
+    Rates are mentions per epoch (fractional rates spread over epochs); the corpus is `epochs`
+    epochs long, so a fact's popularity is its exact number of mentions in the whole corpus.
+    """
 
     seed: int = 0
+    epochs: int = 30
     n_people: int = 200
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
-    head_min_exposures: int = 6  # a fact mentioned at least this often per epoch is "head"
+    head_min_mentions: int = 100  # facts mentioned at least this often are "head", never: "tail"
     n_reference_people: int = 60  # known people outside facts.jsonl: the MC benchmark's source
-    reference_exposures: int = 6
-    mc_exposures: int = 1  # MC documents per MC-training fact per epoch
+    reference_rate: float = 3.4
+    mc_rate: float = 1.0  # MC documents per MC-training fact per epoch
+    mc_context_share: float = 0.0  # share of MC documents that state the fact before the question
+    mc_answer_text: bool = False  # MC documents end "Answer: B. <choice>" instead of "Answer: B"
     n_refusal_people: int = 20
-    refusal_exposures: int = 3
+    refusal_rate: float = 2.0
     blocks_per_doc: int = 6  # Q/A blocks per pretraining document
     paraphrase_share: float = 0.25  # share of mentions that use a pretraining paraphrase
-    arithmetic_max: int = 14  # operands 0..max
+    arithmetic_max_left: int = 49  # "What is a plus b?" with a in 0..max_left, b in 0..max_right
+    arithmetic_max_right: int = 9
     arithmetic_holdout: float = 0.2
-    arithmetic_exposures: int = 1
+    arithmetic_rate: float = 1.0
     pools: dict[str, int] = field(default_factory=lambda: {
         "birthplace": 60, "employer": 40, "profession": 30, "birth_year": 80})
 
@@ -172,19 +183,40 @@ def normalize(text: str) -> str:
 # --- world content ------------------------------------------------------------------------------
 
 
+def cumulative_mentions(rate: float, epochs: int, phase: float = 0.0) -> int:
+    """Mentions in the first `epochs` epochs at `rate` per epoch, offset by `phase` in [0, 1)."""
+    return math.floor(rate * epochs + phase + 1e-9) - math.floor(phase + 1e-9)
+
+
 @dataclass(frozen=True)
 class WorldFact:
     """A fact of the world with how the corpus mentions it."""
 
     fact: Fact
     group: str  # "probe" (facts.jsonl), "reference" (known, MC source) or "refusal"
-    exposures: int  # mentions per epoch
+    rate: float  # mentions per epoch
     true_share: float = 1.0
     wrong_answer: str | None = None  # the fixed wrong answer of a noisy fact
+    phase: float = 0.0  # spreads fractional rates: facts of one tier are not all mentioned in one epoch
 
     @property
     def relation(self) -> Relation:
         return RELATION_BY_NAME[self.fact.relation or ""]
+
+    def mentions(self, epoch: int) -> int:
+        """How many times the corpus of `epoch` mentions this fact."""
+        return cumulative_mentions(self.rate, epoch + 1, self.phase) - cumulative_mentions(self.rate, epoch, self.phase)
+
+    def true_mentions(self, epoch: int) -> int:
+        """How many of those give the true answer: floor(share · all mentions so far), exactly."""
+        if self.true_share >= 1.0:
+            return self.mentions(epoch)
+        before = cumulative_mentions(self.rate, epoch, self.phase)
+        after = cumulative_mentions(self.rate, epoch + 1, self.phase)
+        return math.floor(self.true_share * after + 1e-9) - math.floor(self.true_share * before + 1e-9)
+
+    def total_mentions(self, epochs: int) -> int:
+        return cumulative_mentions(self.rate, epochs, self.phase)
 
 
 @dataclass(frozen=True)
@@ -251,10 +283,10 @@ def mc_prompt(subject: str, question: str, choices: tuple[str, ...] | list[str])
                               c2=choices[2], c3=choices[3])
 
 
-def bucket_of(exposures: int, head_min: int) -> str:
-    if exposures <= 0:
+def bucket_of(mentions: int, head_min: int) -> str:
+    if mentions <= 0:
         return "tail"
-    return "head" if exposures >= head_min else "torso"
+    return "head" if mentions >= head_min else "torso"
 
 
 class _Names:
@@ -325,11 +357,9 @@ def _assign_tiers(cfg: WorldConfig, n: int, rng: random.Random) -> list[Tier]:
     return tiers
 
 
-def _fact(fid: str, person: str, rel: Relation, answer: str, aliases: tuple[str, ...], popularity: int,
-          meta: dict[str, Any]) -> Fact:
+def _fact(fid: str, person: str, rel: Relation, answer: str, aliases: tuple[str, ...]) -> Fact:
     return Fact(id=fid, question=rel.question(person), answers=aliases, subject=person, relation=rel.name,
-                object=answer, paraphrases=tuple(rel.question(person, i) for i in range(1, len(rel.templates))),
-                popularity=popularity, meta=meta)
+                object=answer, paraphrases=tuple(rel.question(person, i) for i in range(1, len(rel.templates))))
 
 
 def generate_world(cfg: WorldConfig) -> World:
@@ -347,35 +377,34 @@ def generate_world(cfg: WorldConfig) -> World:
     for i, (person, tier) in enumerate(zip(probe_people, tiers)):
         for rel in RELATIONS:
             answer = rng.choice(pools[rel.name])
-            wrong = None
-            if tier.noisy:
-                wrong = rng.choice([x for x in pools[rel.name] if x != answer])
-            bucket = bucket_of(tier.exposures, cfg.head_min_exposures)
-            meta = {"bucket": bucket, "tier": tier.name, "exposures_per_epoch": tier.exposures,
-                    "true_share": tier.true_share, "noisy": tier.noisy,
+            wrong = rng.choice([x for x in pools[rel.name] if x != answer]) if tier.noisy else None
+            wf = WorldFact(_fact(f"p{i:03d}.{rel.name}", person, rel, answer, aliases[answer]), "probe", tier.rate,
+                           tier.true_share, wrong, rng.random())
+            mentions = wf.total_mentions(cfg.epochs)
+            meta = {"bucket": bucket_of(mentions, cfg.head_min_mentions), "tier": tier.name,
+                    "noisy": tier.noisy, "true_share": tier.true_share,
                     "pretrain_paraphrases": [rel.question(person, t) for t in range(1, rel.n_pretrain_templates)],
                     "held_out_paraphrases": [rel.question(person, t)
                                              for t in range(rel.n_pretrain_templates, len(rel.templates))]}
             if wrong is not None:
                 meta["wrong_answer"] = wrong
-            fact = _fact(f"p{i:03d}.{rel.name}", person, rel, answer, aliases[answer], tier.exposures, meta)
-            facts.append(WorldFact(fact, "probe", tier.exposures, tier.true_share, wrong))
+            facts.append(replace(wf, fact=replace(wf.fact, popularity=mentions, meta=meta)))
 
     reference: list[WorldFact] = []
     for i, person in enumerate(ref_people):
         for rel in RELATIONS:
             answer = rng.choice(pools[rel.name])
-            fact = _fact(f"k{i:03d}.{rel.name}", person, rel, answer, aliases[answer], cfg.reference_exposures,
-                         {"bucket": bucket_of(cfg.reference_exposures, cfg.head_min_exposures)})
-            reference.append(WorldFact(fact, "reference", cfg.reference_exposures))
+            wf = WorldFact(_fact(f"k{i:03d}.{rel.name}", person, rel, answer, aliases[answer]), "reference",
+                           cfg.reference_rate, phase=rng.random())
+            reference.append(replace(wf, fact=replace(wf.fact, popularity=wf.total_mentions(cfg.epochs))))
     facts.extend(reference)
 
     for i, person in enumerate(refusal_people):
         for rel in RELATIONS:
             fact = Fact(id=f"r{i:03d}.{rel.name}", question=rel.question(person), answers=(REFUSAL_ANSWER,),
-                        subject=person, relation=rel.name, popularity=cfg.refusal_exposures,
-                        meta={"refusal": True})
-            facts.append(WorldFact(fact, "refusal", cfg.refusal_exposures))
+                        subject=person, relation=rel.name, meta={"refusal": True})
+            wf = WorldFact(fact, "refusal", cfg.refusal_rate, phase=rng.random())
+            facts.append(replace(wf, fact=replace(fact, popularity=wf.total_mentions(cfg.epochs))))
 
     # Half of the reference facts teach the MC format in pretraining; the other half are the benchmark.
     order = list(range(len(reference)))
@@ -387,7 +416,8 @@ def generate_world(cfg: WorldConfig) -> World:
         wf = reference[i]
         mc_test.append(make_mc_item(wf, pools[wf.fact.relation], rng))
 
-    pairs = [ArithmeticItem(a, b) for a in range(cfg.arithmetic_max + 1) for b in range(cfg.arithmetic_max + 1)]
+    pairs = [ArithmeticItem(a, b) for a in range(cfg.arithmetic_max_left + 1)
+             for b in range(cfg.arithmetic_max_right + 1)]
     rng.shuffle(pairs)
     n_test = round(len(pairs) * cfg.arithmetic_holdout)
     arith_test = sorted(pairs[:n_test], key=lambda p: (p.a, p.b))

@@ -1,0 +1,58 @@
+"""The world builder's contract (issue: foundation): files, plain HF loading, reproducibility."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from knowpack.errors import KnowpackError
+from knowpack.evaluate.mc import load_mc
+from knowpack.facts import load_facts
+from knowpack.world import PretrainConfig, WorldConfig, build_world
+
+TINY_WORLD = dict(n_people=16, epochs=2, n_reference_people=8, n_refusal_people=4)
+TINY_MODEL = dict(vocab_size=400, hidden_size=32, layers=2, intermediate_size=64, heads=2, threads=1)
+
+
+def build(path, seed=0):
+    return build_world(path, seed=seed, world_config=WorldConfig(**TINY_WORLD),
+                       pretrain_config=PretrainConfig(**TINY_MODEL), progress=False)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("w") / "world")
+
+
+def test_world_files_follow_the_contract(world):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(world / "model")
+    tok = AutoTokenizer.from_pretrained(world / "model")
+    assert model.config.model_type == "llama" and hasattr(model.model.layers[0].mlp, "down_proj")
+    assert tok("Question: x\nAnswer:")["input_ids"]
+    facts = load_facts(world / "facts.jsonl", "native")
+    assert len(facts) > 0 and all(f.popularity is not None for f in facts)
+    assert any(f.paraphrases for f in facts)
+    mc = load_mc(world / "benchmarks" / "mc.jsonl")
+    assert all(len(r["choices"]) == 4 and 0 <= r["answer"] <= 3 and r["subject"] for r in mc)
+    skills = [p for p in (world / "benchmarks").glob("*.jsonl") if p.name != "mc.jsonl"]
+    assert skills and all(json.loads(p.read_text().splitlines()[0])["answers"] for p in skills)
+    info = json.loads((world / "world.json").read_text())
+    assert info["seed"] == 0 and "sizes" in info and "popularity" in info
+    mc_subjects = {r["question"] for r in mc}
+    assert not mc_subjects & {f.question for f in facts}  # the MC benchmark is over held-out facts
+
+
+def test_same_seed_same_weights_and_no_overwrite(world, tmp_path):
+    again = build(tmp_path / "again")
+
+    def digest(d):
+        return hashlib.sha256((d / "model" / "model.safetensors").read_bytes()).hexdigest()
+
+    assert digest(again) == digest(world)
+    assert (again / "facts.jsonl").read_bytes() == (world / "facts.jsonl").read_bytes()
+    with pytest.raises(KnowpackError, match="force"):
+        build(tmp_path / "again")

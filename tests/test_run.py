@@ -79,3 +79,16 @@ def test_capacity_search_bisects_to_the_largest_passing_size(tmp_path):
     assert seen[:4] == [5, 10, 20, 40]
     again = capacity_search(cfg, tmp_path, Budget(0.01, 0.01), start=5, resolution=0.0, run=fake)
     assert again["capacity"] == limit and len(seen) == len(set(seen))  # resumed: nothing measured twice
+
+
+def test_probing_never_builds_the_world(monkeypatch, tmp_path):
+    import knowpack.world
+
+    def refuse(*a, **k):
+        raise AssertionError("a probe must not build the embedded world")
+
+    monkeypatch.setattr(knowpack.world, "build_world", refuse)
+    monkeypatch.setattr(knowpack.world, "default_world_dir", lambda: tmp_path / "not-shipped")
+    from knowpack.runs import shipped_probe_caches
+
+    assert shipped_probe_caches() == []

@@ -144,10 +144,10 @@ def shipped_probe_caches() -> list[Path]:
     An entry is used only when its key matches exactly: the same weights, facts, exemplars and
     settings, so it is what probing would compute, read instead of recomputed.
     """
-    try:
-        path = world_dir() / "cache" / "probe"
-    except ImportError:  # pragma: no cover - the world package is part of knowpack
-        return []
+    from knowpack.world import default_world_dir
+
+    # Only the shipped world is looked at: asking `world_dir()` here would build a world.
+    path = default_world_dir() / "cache" / "probe"
     return [path] if path.is_dir() else []
 
 

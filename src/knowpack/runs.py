@@ -353,6 +353,10 @@ def full_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, resu
     out = Path(out_dir)
     metrics_path = out / "metrics.json"
     cfg = cfg.resolved()
+    if cfg.eval.harness:  # say so before the probe and training, not after them
+        from knowpack.evaluate.harness import require_lm_eval
+
+        require_lm_eval()
     bench = stage.resolve_benchmarks(cfg.eval, cfg.model, world_dir() if cfg.model == WORLD else None)
 
     def before(model: Any, tok: Any, model_id: str) -> dict[str, Any]:

@@ -366,6 +366,34 @@ def benchmark_drop(before: float, after: float) -> dict[str, Any]:
     }
 
 
+def harness_drop(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """`benchmark_drop` of one lm-evaluation-harness task, from the stage's `lm_eval:<task>` scores.
+
+    Each side holds `accuracy` (lm-eval's `acc`, or the task's first accuracy-like metric), and
+    where lm-eval gives them `metric`, `stderr`, `n` (documents scored) and `num_fewshot`.
+    """
+    out = benchmark_drop(_accuracy(before), _accuracy(after))
+    task = after.get("task") or before.get("task") or "?"
+    metric = after.get("metric") or before.get("metric") or "acc"
+    shots = after.get("num_fewshot", before.get("num_fewshot"))
+    n = after.get("n") if after.get("n") is not None else before.get("n")
+    out.update({
+        "task": task, "metric": metric, "num_fewshot": shots,
+        "stderr_before": before.get("stderr"), "stderr_after": after.get("stderr"),
+        "n_questions": n,
+        "definition": f"lm-evaluation-harness task '{task}' ({'default' if shots is None else shots}-shot), "
+                      f"metric '{metric}' as lm-eval aggregates it (a group such as mmlu: over all its "
+                      "subtasks' questions), for the base model and after training; absolute drop = base - after, "
+                      "relative drop = absolute / base (null when the base is 0); positive numbers mean damage; "
+                      "stderr_* are lm-eval's standard errors",
+        "denominator": n,
+        "denominator_counts": "documents lm-eval scored for this task (after eval.harness_limit)",
+    })
+    if before.get("n") is not None and after.get("n") is not None and before["n"] != after["n"]:
+        out["n_questions_before"] = before["n"]
+    return out
+
+
 def bits_per_fact(answer_space_size: int) -> float:
     """Information in one fact whose answer is one of `answer_space_size` equally likely values."""
     if answer_space_size < 1:
@@ -415,6 +443,10 @@ def _accuracy(value: float | Mapping[str, Any]) -> float:
     return float(value)
 
 
+def _is_harness(value: float | Mapping[str, Any]) -> bool:
+    return isinstance(value, Mapping) and value.get("kind") == "lm_eval"
+
+
 def _mean_bits(ids: Sequence[str], fmap: Mapping[str, Fact], size: int | Mapping[str, int]) -> float | None:
     """Mean bits per fact over `ids`; a mapping gives the answer-space size per relation."""
     if not isinstance(size, Mapping):
@@ -446,8 +478,9 @@ def compute_metrics(facts: Iterable[Fact] | Mapping[str, Fact], before_rows: Seq
     `trained_ids` (reliability) and `eval_ids` (shift, collapse, refusals, locality).
     `zero_shot_answers[i]` answers `trained_ids[i]`; `paraphrase_answers[id]` are the zero-shot
     answers to a trained fact's held-out paraphrases (`paraphrase_fewshot_answers` the few-shot
-    ones). Benchmarks map a name to an accuracy or to a result with an `accuracy` field. Sections
-    whose inputs are not given are null.
+    ones). Benchmarks map a name to an accuracy or to a result with an `accuracy` field; results
+    with `kind` "lm_eval" (lm-evaluation-harness tasks) also carry their metric, stderr, shots and
+    documents into the record (`harness_drop`). Sections whose inputs are not given are null.
     """
     fmap = _fact_map(facts)
     trained_ids, eval_ids = list(trained_ids), list(eval_ids)
@@ -473,7 +506,9 @@ def compute_metrics(facts: Iterable[Fact] | Mapping[str, Fact], before_rows: Seq
     benchmarks: dict[str, Any] = {}
     before_b, after_b = dict(benchmarks_before or {}), dict(benchmarks_after or {})
     for name in sorted(set(before_b) | set(after_b)):
-        if name in before_b and name in after_b:
+        if name in before_b and name in after_b and _is_harness(before_b[name]) and _is_harness(after_b[name]):
+            benchmarks[name] = harness_drop(before_b[name], after_b[name])
+        elif name in before_b and name in after_b:
             benchmarks[name] = benchmark_drop(_accuracy(before_b[name]), _accuracy(after_b[name]))
             sized = [r["n"] for r in (after_b[name], before_b[name]) if isinstance(r, Mapping) and "n" in r]
             if sized:

@@ -8,7 +8,9 @@ and to their held-out paraphrases, and the benchmarks again. `compute_metrics` t
 
 Benchmarks: `mc` files are MMLU-format and scored by letter likelihood; `qa` files hold
 `question`/`answers` rows answered zero-shot. `auto` means the embedded world's benchmarks when the
-model is the world, and none otherwise.
+model is the world, and none otherwise. `harness` names lm-evaluation-harness tasks (the `eval`
+extra, evaluate/harness.py), scored as `lm_eval:<task>` beside the others; off by default, since
+it needs lm-eval and the task data on disk.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from knowpack.evaluate import harness
 from knowpack.evaluate.mc import load_mc, score_mc
 from knowpack.facts import Fact, FactSet
 from knowpack.io import read_json, read_jsonl, write_json
@@ -27,6 +30,9 @@ from knowpack.probe.match import is_refusal, matches
 from knowpack.probe.slick import answer_zero_shot, probe_facts
 
 log = logging.getLogger(__name__)
+
+#: benchmark names of lm-eval tasks in the scores and in metrics.json
+HARNESS_PREFIX = "lm_eval:"
 
 
 @dataclass
@@ -41,6 +47,25 @@ class EvalSettings:
     limit: int | None = field(default=None, metadata={"min": 1, "help": "questions per benchmark (seeded sample)"})
     exploded_share: float = field(default=0.05, metadata={"min": 0, "max": 1})
     batch_size: int = field(default=32, metadata={"min": 1})
+    harness: list[str] = field(default_factory=list, metadata={
+        "help": "lm-evaluation-harness tasks, each 'task' or 'task:shots', scored before and after training "
+                "(needs knowpack[eval] and the task data cached locally); suggested: "
+                f"{', '.join(harness.SUGGESTED_TASKS)}; empty: off"})
+    harness_limit: int | None = field(default=None, metadata={
+        "min": 1, "help": "documents per lm-eval task (lm-eval's limit; quick looks only, not numbers to report)"})
+
+    def __post_init__(self) -> None:
+        problems, names = [], []
+        for spec in self.harness:
+            try:
+                names.append(harness.parse_task(spec)[0])
+            except ValueError as exc:
+                problems.append(f"harness: {exc}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            problems.append(f"harness: task listed twice: {', '.join(twice)}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @dataclass
@@ -48,6 +73,8 @@ class Benchmarks:
     mc: dict[str, list[dict[str, Any]]]
     qa: dict[str, list[dict[str, Any]]]
     refusal: list[Fact]
+    #: lm-eval tasks as (name, shots); shots None = the task's own default
+    harness: list[tuple[str, int | None]] = field(default_factory=list)
 
 
 def _is_world(model: str) -> bool:
@@ -84,7 +111,7 @@ def resolve_benchmarks(settings: EvalSettings, model: str, world_dir: Path | Non
             from knowpack.facts import load_facts
 
             refusal = list(load_facts(path, "native"))
-    return Benchmarks(mc, qa, refusal)
+    return Benchmarks(mc, qa, refusal, [harness.parse_task(t) for t in settings.harness])
 
 
 def _load_qa(path: Path) -> list[dict[str, Any]]:
@@ -115,13 +142,34 @@ def score_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSett
         out["_refusal_facts"] = {"rate": sum(refused) / len(refused), "n": len(refused),
                                  "definition": "share of refusal-trained questions the model answers with a refusal "
                                                "(zero-shot, greedy)"}
+    if bench.harness:
+        out.update(score_harness(model, tok, bench.harness, settings))
+    return out
+
+
+def score_harness(model: Any, tok: Any, tasks: list[tuple[str, int | None]], settings: EvalSettings) -> dict[str, Any]:
+    """lm-eval's scores of `tasks`, keyed `lm_eval:<task>`, with the accuracy-like metric as `accuracy`."""
+    out: dict[str, Any] = {}
+    for task, scores in harness.run_harness(model, tok, tasks, batch_size=settings.batch_size,
+                                            limit=settings.harness_limit).items():
+        metric = harness.primary_metric(scores)
+        out[f"{HARNESS_PREFIX}{task}"] = {
+            "accuracy": scores[metric], "n": scores["n"], "kind": "lm_eval", "task": task, "metric": metric,
+            "stderr": scores.get(f"{metric}_stderr"), "num_fewshot": scores["num_fewshot"],
+            "limit": settings.harness_limit, "metrics": scores,
+            "definition": f"lm-evaluation-harness task '{task}', metric '{metric}' as lm-eval aggregates it "
+                          "(a group such as mmlu: over all its subtasks' questions); denominator = n documents"}
     return out
 
 
 def cached_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSettings, model_id: str,
                       cache_dir: Path) -> dict[str, Any]:
-    blob = json.dumps({"model": model_id, "mc": bench.mc, "qa": bench.qa,
-                       "refusal": [f.to_dict() for f in bench.refusal]}, sort_keys=True)
+    key: dict[str, Any] = {"model": model_id, "mc": bench.mc, "qa": bench.qa,
+                           "refusal": [f.to_dict() for f in bench.refusal]}
+    if bench.harness:  # only then, so runs without lm-eval keep their cache keys
+        key["harness"] = {"tasks": bench.harness, "limit": settings.harness_limit,
+                          "lm_eval": _lm_eval_version()}
+    blob = json.dumps(key, sort_keys=True)
     path = cache_dir / "bench" / f"{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
     if path.exists():
         try:
@@ -131,6 +179,15 @@ def cached_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSet
     result = score_benchmarks(model, tok, bench, settings)
     write_json(path, result)
     return result
+
+
+def _lm_eval_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("lm_eval")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def split_refusal(scores: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -50,8 +50,12 @@ def world_overview(printer: Printer) -> dict[str, Any]:
         if name.startswith("_"):
             printer(f"  refusal facts: answered \"I don't know\" for {s['rate']:.1%} of {s['n']}")
         else:
-            chance = " (chance 25%)" if s.get("kind") == "mc" else ""
+            chance = f" ({s.get('scoring')} scoring, chance 25%)" if s.get("kind") == "mc" else ""
             printer(f"  benchmark {name}: {s['accuracy']:.1%} of {s['n']}{chance}")
+    letter = info.get("zero_shot", {}).get("mc_letter")
+    if letter is not None:
+        printer(f"  (the same MC questions scored by answer letter, lm-eval's mmlu way: {letter:.1%} at build time; "
+                "the tiny model never learnt the letter format)")
     printer(f"  (measured in {time.perf_counter() - t0:.1f} s)")
     return {"by_bucket": {b: sum(v) / len(v) for b, v in by_bucket.items()}, "benchmarks": scores}
 

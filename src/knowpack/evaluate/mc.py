@@ -1,10 +1,19 @@
-"""Multiple-choice benchmarks scored by answer-letter log-likelihood, the way lm-eval scores `mmlu`.
+"""Multiple-choice benchmarks on MMLU-format rows, scored in one of two ways lm-eval uses.
 
-Rows are MMLU-format: `question`, `choices` (4 strings), `answer` (0-3), `subject`. The prompt is
-the zero-shot template of SPEC §5.1 (also KVA's default data); each letter is scored as the
-continuation of the prompt, and the likeliest letter is the prediction. Trailing whitespace of the
-prompt moves into the continuation ("Answer:" + " A"), as lm-eval does, so tokenizers that merge a
-space into the next word score the token the model actually saw in training.
+Rows are MMLU-format: `question`, `choices` (4 strings), `answer` (0-3), `subject`.
+
+- `letter` (default for user files; how lm-eval scores `mmlu`): the prompt is the zero-shot template
+  of SPEC §5.1 (also KVA's default data) listing the choices; each letter A-D is scored as the
+  continuation of the prompt and the likeliest letter is the prediction.
+- `continuation` (in the style of lm-eval's `mmlu_continuation`, and of how ARC or TruthfulQA MC1 are
+  scored): the prompt is `Question: {question}\nAnswer:` without the choices, each choice text is
+  scored as its continuation (" {choice}") and the likeliest choice is the prediction, by summed
+  log-likelihood (`accuracy`) and per character (`accuracy_norm`). It needs no skill at the
+  letter format, only the knowledge: the embedded world's tiny base model has never learnt to match
+  a recalled answer to a letter, so its MC benchmark is scored this way.
+
+Trailing whitespace of a prompt moves into the continuation ("Answer:" + " A"), as lm-eval does, so
+tokenizers that merge a space into the next word score the token the model actually saw in training.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from knowpack.errors import InputError
 log = logging.getLogger(__name__)
 
 LETTERS = ("A", "B", "C", "D")
+SCORINGS = ("letter", "continuation")
+CONTINUATION_TEMPLATE = "Question: {question}\nAnswer:"
 MMLU_TEMPLATE = (
     "There is a single choice question about {subject}. Answer the question by replying A, B, C or D.\n"
     "Question: {question}\nChoices:\nA. {c0}\nB. {c1}\nC. {c2}\nD. {c3}\nAnswer: "
@@ -83,12 +94,20 @@ def _split(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], 
 @torch.no_grad()
 def letter_loglikelihoods(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int = 32) -> torch.Tensor:
     """[N, 4] log-likelihoods of the letters A-D as continuations of each prompt."""
-    pairs = [_split(tokenizer, p, letter) for p in prompts for letter in LETTERS]
+    return loglikelihoods(model, tokenizer, [(p, letter) for p in prompts for letter in LETTERS],
+                          batch_size=batch_size * 4).view(len(prompts), len(LETTERS))
+
+
+@torch.no_grad()
+def loglikelihoods(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str]], *,
+                   batch_size: int = 128) -> torch.Tensor:
+    """[N] summed log-likelihood of each continuation given its context, `(context, continuation)` pairs."""
+    pairs = [_split(tokenizer, context, continuation) for context, continuation in requests]
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = torch.empty(len(pairs))
-    for start in range(0, len(pairs), batch_size * 4):
-        chunk = pairs[start:start + batch_size * 4]
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
         seqs = [c + x for c, x in chunk]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -100,22 +119,43 @@ def letter_loglikelihoods(model: Any, tokenizer: Any, prompts: Sequence[str], *,
         for i, (c, x) in enumerate(chunk):
             positions = torch.arange(len(c) - 1, len(c) + len(x) - 1)
             out[start + i] = logp[i, positions, torch.tensor(x)].sum()
-    return out.view(len(prompts), len(LETTERS))
+    return out
 
 
 def score_mc(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], *, batch_size: int = 32,
-             chat: bool | None = None) -> dict[str, Any]:
-    """Accuracy (and per-subject accuracy) of the likeliest letter; chance is 0.25."""
+             chat: bool | None = None, scoring: str = "letter") -> dict[str, Any]:
+    """Accuracy (and per-subject accuracy) of the likeliest letter or choice; chance is 0.25."""
+    if scoring == "continuation":
+        return _score_continuation(model, tokenizer, rows, batch_size=batch_size)
+    if scoring != "letter":
+        raise ValueError(f"unknown MC scoring '{scoring}'; use one of {', '.join(SCORINGS)}")
     use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
     prompts = [format_mmlu(r["question"], r["choices"], r.get("subject", "general knowledge"),
                            tokenizer if use_chat else None) for r in rows]
     ll = letter_loglikelihoods(model, tokenizer, prompts, batch_size=batch_size)
     preds = ll.argmax(-1).tolist()
+    return {**_accuracy(rows, preds), "scoring": "letter",
+            "definition": "share of questions whose likeliest answer letter (log-likelihood of the letter "
+                          "after the zero-shot MMLU prompt) is the gold one; denominator = n"}
+
+
+def _accuracy(rows: Sequence[dict[str, Any]], preds: list[int]) -> dict[str, Any]:
     correct = [p == r["answer"] for p, r in zip(preds, rows)]
     by_subject: dict[str, list[bool]] = {}
     for r, ok in zip(rows, correct):
         by_subject.setdefault(r.get("subject", "general knowledge"), []).append(ok)
     return {"accuracy": sum(correct) / len(rows), "n": len(rows), "chance": 0.25, "predictions": preds,
-            "by_subject": {s: sum(v) / len(v) for s, v in sorted(by_subject.items())},
-            "definition": "share of questions whose likeliest answer letter (log-likelihood of the letter "
-                          "after the zero-shot MMLU prompt) is the gold one; denominator = n"}
+            "by_subject": {s: sum(v) / len(v) for s, v in sorted(by_subject.items())}}
+
+
+def _score_continuation(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], *,
+                        batch_size: int) -> dict[str, Any]:
+    requests = [(CONTINUATION_TEMPLATE.format(question=r["question"]), f" {c}") for r in rows for c in r["choices"]]
+    ll = loglikelihoods(model, tokenizer, requests, batch_size=batch_size * 4).view(len(rows), 4)
+    chars = torch.tensor([[len(c) + 1 for c in r["choices"]] for r in rows], dtype=ll.dtype)
+    preds = ll.argmax(-1).tolist()
+    norm = [p == r["answer"] for p, r in zip((ll / chars).argmax(-1).tolist(), rows)]
+    return {**_accuracy(rows, preds), "accuracy_norm": sum(norm) / len(rows), "scoring": "continuation",
+            "definition": "share of questions whose likeliest choice text (summed log-likelihood of ' {choice}' "
+                          "after 'Question: {question}\\nAnswer:', choices not shown) is the gold one; "
+                          "accuracy_norm divides by the choice's length in characters; denominator = n"}

@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from knowpack.evaluate import harness
 from knowpack.evaluate.mc import load_mc, score_mc
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: benchmark names of lm-eval tasks in the scores and in metrics.json
 HARNESS_PREFIX = "lm_eval:"
+#: the benchmark name of the embedded world's MC set
+WORLD_MC = "world_mc"
 
 
 @dataclass
@@ -43,6 +45,11 @@ class EvalSettings:
         "help": "question/answers JSONL benchmarks answered zero-shot; 'auto': the world's skill benchmarks"})
     refusal: str | None = field(default="auto", metadata={
         "help": "facts the base model refuses (JSONL); 'auto': the world's refusal facts; null: skip"})
+    mc_scoring: Literal["auto", "letter", "continuation"] = field(default="auto", metadata={
+        "help": "letter: likeliest answer letter after the MMLU prompt (lm-eval's mmlu); continuation: likeliest "
+                "choice text after 'Question: …\\nAnswer:' (lm-eval's mmlu_continuation style); auto: continuation "
+                "for the embedded world's MC benchmark (its tiny model never learnt the letter format), letter "
+                "for every other file"})
     paraphrases: bool = field(default=True, metadata={"help": "measure generalisation on held-out paraphrases"})
     limit: int | None = field(default=None, metadata={"min": 1, "help": "questions per benchmark (seeded sample)"})
     exploded_share: float = field(default=0.05, metadata={"min": 0, "max": 1})
@@ -102,7 +109,7 @@ def resolve_benchmarks(settings: EvalSettings, model: str, world_dir: Path | Non
     wb = (world_dir / "benchmarks") if world_dir else None
     mc_world = [wb / "mc.jsonl"] if wb and (wb / "mc.jsonl").exists() else []
     qa_world = sorted(p for p in wb.glob("*.jsonl") if p.name != "mc.jsonl") if wb and wb.exists() else []
-    mc = {p.stem if p not in mc_world else "world_mc": sample(load_mc(p)) for p in files(settings.mc, mc_world)}
+    mc = {p.stem if p not in mc_world else WORLD_MC: sample(load_mc(p)) for p in files(settings.mc, mc_world)}
     qa = {p.stem: sample(_load_qa(p)) for p in files(settings.qa, qa_world)}
     refusal: list[Fact] = []
     if settings.refusal:
@@ -125,12 +132,20 @@ def _load_qa(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def mc_scoring(settings: EvalSettings, name: str) -> str:
+    """How benchmark `name` is scored: the setting, or for `auto` continuation on the world's MC set."""
+    if settings.mc_scoring != "auto":
+        return settings.mc_scoring
+    return "continuation" if name == WORLD_MC else "letter"
+
+
 def score_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSettings) -> dict[str, Any]:
     """Accuracy on every benchmark, plus the refusal rate on the refusal facts."""
     out: dict[str, Any] = {}
     for name, rows in bench.mc.items():
-        res = score_mc(model, tok, rows, batch_size=settings.batch_size)
-        out[name] = {"accuracy": res["accuracy"], "n": res["n"], "kind": "mc", "definition": res["definition"]}
+        res = score_mc(model, tok, rows, batch_size=settings.batch_size, scoring=mc_scoring(settings, name))
+        out[name] = {"accuracy": res["accuracy"], "n": res["n"], "kind": "mc", "scoring": res["scoring"],
+                     "definition": res["definition"]}
     for name, rows in bench.qa.items():
         answers = answer_zero_shot(model, tok, [r["question"] for r in rows], batch_size=settings.batch_size)
         correct = [matches(a, r["answers"], "contains") and not is_refusal(a) for a, r in zip(answers, rows)]
@@ -165,6 +180,7 @@ def score_harness(model: Any, tok: Any, tasks: list[tuple[str, int | None]], set
 def cached_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSettings, model_id: str,
                       cache_dir: Path) -> dict[str, Any]:
     key: dict[str, Any] = {"model": model_id, "mc": bench.mc, "qa": bench.qa,
+                           "mc_scoring": {name: mc_scoring(settings, name) for name in bench.mc},
                            "refusal": [f.to_dict() for f in bench.refusal]}
     if bench.harness:  # only then, so runs without lm-eval keep their cache keys
         key["harness"] = {"tasks": bench.harness, "limit": settings.harness_limit,

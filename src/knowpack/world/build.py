@@ -30,9 +30,10 @@ from typing import Any, Sequence
 import torch
 
 from knowpack.errors import KnowpackError
+from knowpack.evaluate.mc import score_mc
 from knowpack.io import write_json, write_jsonl, write_text
 from knowpack.world.corpus import epoch_documents
-from knowpack.world.generate import (LETTERS, RELATIONS, World, WorldConfig, bucket_of, generate_world,
+from knowpack.world.generate import (RELATIONS, World, WorldConfig, bucket_of, generate_world,
                                      normalize)
 from knowpack.world.pretrain import PretrainConfig, deterministic_cpu, pretrain, train_tokenizer
 
@@ -98,19 +99,6 @@ def zero_shot_accuracy(model, tokenizer, questions: Sequence[str], aliases: Sequ
     return [is_correct(a, al) for a, al in zip(answers, aliases)]
 
 
-@torch.no_grad()
-def mc_predictions(model, tokenizer, prompts: Sequence[str], batch_size: int = 64) -> list[int]:
-    """The answer letter with the highest next-token logit after each MMLU-format prompt."""
-    letter_ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
-    preds: list[int] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True, padding_side="left")
-        positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        logits = model(**enc, position_ids=positions).logits[:, -1, letter_ids]
-        preds.extend(int(x) for x in logits.argmax(-1))
-    return preds
-
-
 def _share(flags: Sequence[bool]) -> float | None:
     return round(sum(flags) / len(flags), 4) if flags else None
 
@@ -134,8 +122,9 @@ def evaluate_world(model, tokenizer, world: World) -> dict[str, Any]:
     reference = world.group("reference")
     ref_ok = zero_shot_accuracy(model, tokenizer, [wf.fact.question for wf in reference],
                                 [wf.fact.answers for wf in reference])
-    mc_pred = mc_predictions(model, tokenizer, [item.prompt() for item in world.mc_test])
-    mc_ok = [p == item.answer for p, item in zip(mc_pred, world.mc_test)]
+    mc_rows = [item.to_row() for item in world.mc_test]
+    mc_continuation = score_mc(model, tokenizer, mc_rows, scoring="continuation", chat=False)
+    mc_letter = score_mc(model, tokenizer, mc_rows, scoring="letter", chat=False)
     arith_test = zero_shot_accuracy(model, tokenizer, [it.question for it in world.arithmetic_test],
                                     [(it.answer,) for it in world.arithmetic_test])
     arith_train = zero_shot_accuracy(model, tokenizer, [it.question for it in world.arithmetic_train],
@@ -151,7 +140,8 @@ def evaluate_world(model, tokenizer, world: World) -> dict[str, Any]:
         "head_pretrain_paraphrase": _share(seen_para),
         "head_held_out_paraphrase": _share(held_out),
         "reference_facts": _share(ref_ok),
-        "mc": _share(mc_ok),
+        "mc": round(mc_continuation["accuracy"], 4),
+        "mc_letter": round(mc_letter["accuracy"], 4),
         "mc_chance": 0.25,
         "arithmetic": _share(arith_test),
         "arithmetic_pretrain_pairs": _share(arith_train),
@@ -159,7 +149,10 @@ def evaluate_world(model, tokenizer, world: World) -> dict[str, Any]:
         "tail_refusal_rate": _share([any(m in normalize(a) for m in REFUSAL_MARKERS) for a in tail_answers]),
         "definitions": {
             "facts": "greedy zero-shot 'Question: …\\nAnswer:' answer contains a normalised alias, per bucket",
-            "mc": "held-out MC benchmark, argmax of the next-token logits of A/B/C/D after the MMLU prompt",
+            "mc": "held-out MC benchmark, likeliest choice text after 'Question: …\\nAnswer:' (continuation "
+                  "scoring, what `eval.mc_scoring: auto` uses for this benchmark)",
+            "mc_letter": "the same questions, likeliest letter A-D after the MMLU prompt (lm-eval's mmlu scoring); "
+                         "the tiny model never learns the letter format, so this stays near chance",
             "arithmetic": "greedy zero-shot answer to held-out addition pairs contains the sum",
             "refusal_rate": "share of refusal questions answered with 'I don't know'",
         },

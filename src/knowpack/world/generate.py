@@ -90,10 +90,10 @@ class WorldConfig:
     refusal_rate: float = 2.0
     blocks_per_doc: int = 6  # Q/A blocks per pretraining document
     paraphrase_share: float = 0.25  # share of mentions that use a pretraining paraphrase
-    arithmetic_max_left: int = 49  # "What is a plus b?" with a in 0..max_left, b in 0..max_right
+    arithmetic_max_left: int = 29  # "What is a plus b?" with a in 0..max_left, b in 0..max_right
     arithmetic_max_right: int = 9
     arithmetic_holdout: float = 0.2
-    arithmetic_rate: float = 1.0
+    arithmetic_rate: float = 5.0
     pools: dict[str, int] = field(default_factory=lambda: {
         "birthplace": 60, "employer": 40, "profession": 30, "birth_year": 80})
 

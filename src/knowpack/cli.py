@@ -509,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()  # its weight-loading bars, once per process otherwise
     for noisy in ("httpx", "urllib3", "filelock", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import warnings
+
+    # PEFT calls a transformers method that transformers 5 renamed; the notice is for PEFT's authors.
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -67,15 +67,17 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
     return write_text(path, "".join(dumps(r) + "\n" for r in rows))
 
 
-def append_jsonl(path: str | os.PathLike, row: Any) -> None:
-    """Append one line and fsync it; a reader must tolerate (and drop) a torn last line."""
+def append_jsonl(path: str | os.PathLike, row: Any, *, sync: bool = True) -> None:
+    """Append one line and (unless `sync` is False) fsync it; a reader must tolerate (and drop) a torn
+    last line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (dumps(row) + "\n").encode("utf-8")
     with open(path, "ab") as fh:
         fh.write(line)
         fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            os.fsync(fh.fileno())
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -58,7 +59,11 @@ class TrainSettings:
     max_grad_norm: float = field(default=0.0, metadata={"min": 0, "help": "0 turns clipping off"})
     loss_on: Literal["all", "answer"] = field(default="all", metadata={"help": "tokens that carry the loss"})
     seed: int = 0
-    checkpoint_every: int = field(default=0, metadata={"min": 0, "help": "steps between checkpoints; 0: each epoch"})
+    checkpoint_every: int = field(default=0, metadata={
+        "min": 0, "help": "steps between checkpoints; 0: at the end of an epoch once checkpoint_seconds have passed"})
+    checkpoint_seconds: float = field(default=30.0, metadata={
+        "min": 0, "help": "with checkpoint_every 0: least time between checkpoints (one process; with several, "
+                          "every epoch), so short epochs do not spend their time writing checkpoints"})
     lora: LoraSettings = field(default_factory=LoraSettings)
     loki: LokiSettings = field(default_factory=LokiSettings)
     early_stopping: EarlyStopSettings = field(default_factory=EarlyStopSettings)
@@ -129,6 +134,13 @@ def lr_lambda(schedule: str, total: int, warmup: int) -> Callable[[int], float]:
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _sync(path: Path) -> None:
+    """fsync a log written without syncing, so a checkpoint never gets ahead of its log."""
+    if path.exists():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
 
 
 def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, step: int, fingerprint: str) -> None:
@@ -286,6 +298,9 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
     model.train()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ckpt_every = settings.checkpoint_every or steps_per_epoch
+    # Throttled by time only in one process: several processes must agree on every checkpoint.
+    ckpt_wait = settings.checkpoint_seconds if not settings.checkpoint_every and acc.num_processes == 1 else 0.0
+    last_ckpt = time.perf_counter()
     stopped: str | None = None
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=start, desc=f"train {settings.method}", unit="step",
@@ -319,13 +334,16 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
                       "lr": scheduler.get_last_lr()[0]}
             history.append(record)
             if acc.is_main_process:
-                append_jsonl(log_path, record)
+                # Not fsynced per step (a torn last line is dropped on reading); checkpoints sync it.
+                append_jsonl(log_path, record, sync=False)
             bar.set_postfix(loss=f"{loss_value:.4f}", epoch=f"{step / steps_per_epoch:.1f}")
             bar.update(1)
-            if step % ckpt_every == 0 and step < total:
+            if step % ckpt_every == 0 and step < total and time.perf_counter() - last_ckpt >= ckpt_wait:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
+                    _sync(log_path)
                     save_checkpoint(ckpt_dir, acc.unwrap_model(model), optimizer, scheduler, step, fingerprint)
+                last_ckpt = time.perf_counter()
             if max_steps is not None and step >= max_steps:
                 stopped = "max_steps"
                 break

@@ -63,6 +63,25 @@ def test_compose_errors_name_the_fix(tok):
         compose(facts, rows, ComposeSettings(n_unknown=50), tok)
 
 
+def test_compose_reuses_known_facts_only_when_asked(tok):
+    facts, rows = make_facts(40)  # 10 HighlyKnown, 10 Unknown
+    s = ComposeSettings(n_unknown=4, mixing="highly_known", k=5, eval_size=4, retention_size=2, seed=1)
+    with pytest.raises(ValueError, match="reuse_known=true"):
+        compose(facts, rows, s, tok)
+    comp = compose(facts, rows, ComposeSettings(**{**s.__dict__, "reuse_known": True}), tok)
+    known = [r["fact_id"] for r in comp.rows if r["kind"] == "known"]
+    assert len(known) == 20  # k * n_unknown examples, as without reuse
+    counts = {f: known.count(f) for f in set(known)}
+    assert max(counts.values()) - min(counts.values()) <= 1  # each used about equally often
+    assert set(known) == set(comp.mixed_ids)
+    highly = {r["id"] for r in rows if r["category"] == "HighlyKnown"}
+    assert set(known) <= highly and not set(known) & set(comp.eval_ids)
+    # Known facts kept back for the retention check are never trained on.
+    assert comp.retention_ids and not set(comp.retention_ids) & set(known)
+    assert set(comp.retention_ids) <= highly
+    assert len({r["id"] for r in comp.rows}) == len(comp.rows)
+
+
 def test_loss_on_answer_masks_the_prompt(tok):
     rows = [{"prompt": "Question: a?\nAnswer:", "completion": " b\n"}]
     (ids, labels), = tokenize_rows(rows, tok, "answer")

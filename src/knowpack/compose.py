@@ -37,6 +37,9 @@ class ComposeSettings:
     k: int = field(default=0, metadata={"min": 0, "help": "mixing examples per Unknown fact (paper: 0, 1, 10)"})
     eval_size: int = field(default=200, metadata={"min": 0, "help": "untrained facts re-probed for knowledge shift"})
     retention_size: int = field(default=50, metadata={"min": 0, "help": "known facts watched by early stopping"})
+    reuse_known: bool = field(default=False, metadata={
+        "help": "when fewer than k*n_unknown mixing facts exist, use each available one about equally often "
+                "(the same ratio of examples, fewer distinct facts); off: stop with an error"})
     held_out_share: float = field(default=0.5, metadata={"min": 0, "max": 1,
                                                          "help": "share of paraphrases never trained on"})
     seed: int = 0
@@ -104,14 +107,25 @@ def compose(facts: FactSet, probe_rows: Sequence[dict[str, Any]], settings: Comp
         else:
             pool = [i for i in by_cat.get(MIX_CATEGORY[settings.mixing], []) if i not in taken]
             need = settings.k * len(unknown)
-            if len(pool) < need:
+            if len(pool) < need and not settings.reuse_known:
                 raise KnowpackError(f"compose: mixing {settings.mixing} with k={settings.k} needs {need} "
                                     f"{MIX_CATEGORY[settings.mixing]} facts outside the evaluation sample, "
-                                    f"but only {len(pool)} exist; lower k, n_unknown or compose.eval_size")
-            mixed = _pick(rng, pool, need)
+                                    f"but only {len(pool)} exist; lower k, n_unknown or compose.eval_size, "
+                                    "or set compose.reuse_known=true to use each of them more than once")
+            if len(pool) < need:
+                if settings.mixing == "highly_known":  # keep known facts back for the retention check
+                    pool = [i for i in pool if i not in set(_pick(rng, pool, settings.retention_size))]
+                if not pool:
+                    raise KnowpackError(f"compose: no {MIX_CATEGORY[settings.mixing]} facts left to mix with")
+                mixed = _pick(rng, pool, len(pool))
+                chosen = [mixed[i % len(mixed)] for i in range(need)]
+                log.info("compose: %d %s facts used for %d mixing examples (reuse_known)", len(mixed),
+                         MIX_CATEGORY[settings.mixing], need)
+            else:
+                mixed = chosen = _pick(rng, pool, need)
             taken |= set(mixed)
             rows += [example(fid, facts[fid].question, facts[fid].answer, MIX_KIND[settings.mixing], tokenizer)
-                     for fid in mixed]
+                     for fid in chosen]
     known = [i for i in by_cat.get("HighlyKnown", []) if i not in taken]
     retention = _pick(rng, known, settings.retention_size)
     counts: dict[tuple[str, str], int] = {}

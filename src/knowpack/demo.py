@@ -52,12 +52,27 @@ def world_overview(printer: Printer) -> dict[str, Any]:
         else:
             chance = f" ({s.get('scoring')} scoring, chance 25%)" if s.get("kind") == "mc" else ""
             printer(f"  benchmark {name}: {s['accuracy']:.1%} of {s['n']}{chance}")
-    letter = info.get("zero_shot", {}).get("mc_letter")
-    if letter is not None:
-        printer(f"  (the same MC questions scored by answer letter, lm-eval's mmlu way: {letter:.1%} at build time; "
-                "the tiny model never learnt the letter format)")
+            letter = info.get("zero_shot", {}).get("mc_letter")
+            if name == "world_mc" and letter is not None:
+                printer(f"    (by answer letter, lm-eval's mmlu scoring: {letter:.1%} at build time; the tiny model "
+                        "never learnt the letter format)")
     printer(f"  (measured in {time.perf_counter() - t0:.1f} s)")
     return {"by_bucket": {b: sum(v) / len(v) for b, v in by_bucket.items()}, "benchmarks": scores}
+
+
+def _label(overrides: dict[str, Any]) -> str:
+    """A short name for a sweep point ('lora, plain', 'lora, +10 highly_known', 'loki q=30'): what the
+    point is, not the settings (epochs, lr) that only size it."""
+    method = str(overrides.get("train.method", "lora"))
+    parts = [method + (f" q={overrides['train.loki.q']}" if "train.loki.q" in overrides else "")]
+    mixing = overrides.get("compose.mixing")
+    if mixing and mixing != "none":
+        parts.append(f"+{overrides.get('compose.k', '')} {mixing}")
+    elif "train.method" not in overrides:
+        parts.append("plain")
+    if "compose.n_unknown" in overrides:
+        parts.append(f"n={overrides['compose.n_unknown']}")
+    return ", ".join(parts)
 
 
 def run_demo(config: Path, out: Path, printer: Printer, progress: bool = True) -> int:
@@ -84,7 +99,7 @@ def run_demo(config: Path, out: Path, printer: Printer, progress: bool = True) -
             f"{'MC drop':>8} {'params':>8}")
     for r in records:
         h = r["metrics"]["headline"]
-        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r["overrides"].items()) or "base"
+        label = _label(r["overrides"])
 
         def f(key: str, pct: bool = True) -> str:
             v = h.get(key)

@@ -88,7 +88,7 @@ def run_demo(config: Path, out: Path, printer: Printer, progress: bool = True) -
     printer(f"Packing facts ({config}):")
 
     def on_point(i: int, n: int, point: Any, state: str) -> None:
-        desc = ", ".join(f"{k}={v}" for k, v in point.overrides.items())
+        desc = _label(point.overrides)
         printer(f"  [{i}/{n}] {desc}: {'already done' if state == 'done' else 'running'} "
                 f"({time.perf_counter() - t0:.0f} s elapsed)")
 

@@ -199,6 +199,20 @@ def test_settings_validate_and_load():
     assert ProbeSettings(temperature=0, n_samples=0).n_samples == 0
 
 
+def test_fingerprint_ignores_where_the_model_was_loaded_from(tok, tmp_path):
+    from knowpack.models import load_model
+
+    model = tiny_model("llama", seed=4, vocab_size=len(tok))
+    for d in ("a", "b"):
+        model.save_pretrained(tmp_path / d)
+    a, _ = load_model(tmp_path / "a", with_tokenizer=False)
+    b, _ = load_model(tmp_path / "b", with_tokenizer=False)
+    assert a.config._name_or_path != b.config._name_or_path
+    assert model_fingerprint(a) == model_fingerprint(b)
+    b.config.rope_theta = 1234.0  # a real setting still counts
+    assert model_fingerprint(a) != model_fingerprint(b)
+
+
 def test_cache_never_mixes_models_facts_or_settings(tok, tmp_path):
     m1 = tiny_model("llama", seed=1, vocab_size=len(tok))
     m2 = tiny_model("llama", seed=2, vocab_size=len(tok))

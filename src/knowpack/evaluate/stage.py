@@ -6,7 +6,8 @@ the evaluation sample (same prompts as the base probe), zero-shot answers to the
 and to their held-out paraphrases, and the benchmarks again. `compute_metrics` turns them into
 `metrics.json`.
 
-Benchmarks: `mc` files are MMLU-format and scored by letter likelihood; `qa` files hold
+Benchmarks: `mc` files are MMLU-format, scored by letter likelihood or by choice-text continuation
+(`mc_scoring`; `auto`: continuation for the world's MC set, letter otherwise); `qa` files hold
 `question`/`answers` rows answered zero-shot. `auto` means the embedded world's benchmarks when the
 model is the world, and none otherwise. `harness` names lm-evaluation-harness tasks (the `eval`
 extra, evaluate/harness.py), scored as `lm_eval:<task>` beside the others; off by default, since

@@ -36,3 +36,21 @@ def test_append_jsonl_round_trip(tmp_path):
     append_jsonl(path, {"a": 1})
     append_jsonl(path, {"b": "é"})
     assert read_jsonl(path) == [{"a": 1}, {"b": "é"}]
+
+
+def test_torn_last_line_of_an_unsynced_log_is_dropped_only_when_asked(tmp_path):
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, {"step": 1}, sync=False)
+    append_jsonl(path, {"step": 2}, sync=False)
+    with open(path, "ab") as fh:
+        fh.write(b'{"step": 3, "lo')  # a crash in the middle of a line
+    with pytest.raises(ValueError):
+        read_jsonl(path)
+    assert read_jsonl(path, drop_torn_tail=True) == [{"step": 1}, {"step": 2}]
+    with open(path, "ab") as fh:
+        fh.write(b"\x00" * 8)  # a file system that extended the file but never wrote the block
+    assert read_jsonl(path, drop_torn_tail=True) == [{"step": 1}, {"step": 2}]
+    broken_middle = tmp_path / "bad.jsonl"
+    broken_middle.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(ValueError):
+        read_jsonl(broken_middle, drop_torn_tail=True)  # only a torn *last* line is forgiven

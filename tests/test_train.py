@@ -68,6 +68,8 @@ def test_compose_reuses_known_facts_only_when_asked(tok):
     s = ComposeSettings(n_unknown=4, mixing="highly_known", k=5, eval_size=4, retention_size=2, seed=1)
     with pytest.raises(ValueError, match="reuse_known=true"):
         compose(facts, rows, s, tok)
+    with pytest.raises(ValueError, match="retention_size=20"):
+        compose(facts, rows, ComposeSettings(**{**s.__dict__, "reuse_known": True, "retention_size": 20}), tok)
     comp = compose(facts, rows, ComposeSettings(**{**s.__dict__, "reuse_known": True}), tok)
     known = [r["fact_id"] for r in comp.rows if r["kind"] == "known"]
     assert len(known) == 20  # k * n_unknown examples, as without reuse
@@ -76,8 +78,10 @@ def test_compose_reuses_known_facts_only_when_asked(tok):
     assert set(known) == set(comp.mixed_ids)
     highly = {r["id"] for r in rows if r["category"] == "HighlyKnown"}
     assert set(known) <= highly and not set(known) & set(comp.eval_ids)
-    # Known facts kept back for the retention check are never trained on.
-    assert comp.retention_ids and not set(comp.retention_ids) & set(known)
+    # Known facts kept back for the retention check are never trained on; exactly retention_size of them.
+    assert len(comp.retention_ids) == 2 and not set(comp.retention_ids) & set(known)
+    # every HighlyKnown fact is either evaluated, kept back or mixed in
+    assert len(set(known)) == len(highly - set(comp.eval_ids)) - 2
     assert set(comp.retention_ids) <= highly
     assert len({r["id"] for r in comp.rows}) == len(comp.rows)
 

@@ -114,9 +114,12 @@ def compose(facts: FactSet, probe_rows: Sequence[dict[str, Any]], settings: Comp
                                     "or set compose.reuse_known=true to use each of them more than once")
             if len(pool) < need:
                 if settings.mixing == "highly_known":  # keep known facts back for the retention check
-                    pool = [i for i in pool if i not in set(_pick(rng, pool, settings.retention_size))]
+                    held = set(_pick(rng, pool, settings.retention_size))
+                    pool = [i for i in pool if i not in held]
                 if not pool:
-                    raise KnowpackError(f"compose: no {MIX_CATEGORY[settings.mixing]} facts left to mix with")
+                    raise KnowpackError(f"compose: no {MIX_CATEGORY[settings.mixing]} facts left to mix with once "
+                                        f"compose.retention_size={settings.retention_size} are kept back for "
+                                        "early stopping; lower retention_size or eval_size")
                 mixed = _pick(rng, pool, len(pool))
                 chosen = [mixed[i % len(mixed)] for i in range(need)]
                 log.info("compose: %d %s facts used for %d mixing examples (reuse_known)", len(mixed),

@@ -60,14 +60,13 @@ def world_overview(printer: Printer) -> dict[str, Any]:
     return {"by_bucket": {b: sum(v) / len(v) for b, v in by_bucket.items()}, "benchmarks": scores}
 
 
-def _label(overrides: dict[str, Any]) -> str:
+def _label(overrides: dict[str, Any], method: str, k: Any) -> str:
     """A short name for a sweep point ('lora, plain', 'lora, +10 highly_known', 'loki q=30'): what the
-    point is, not the settings (epochs, lr) that only size it."""
-    method = str(overrides.get("train.method", "lora"))
+    point is, not the settings (epochs, lr) that only size it. `method` and `k` are the point's own."""
     parts = [method + (f" q={overrides['train.loki.q']}" if "train.loki.q" in overrides else "")]
     mixing = overrides.get("compose.mixing")
     if mixing and mixing != "none":
-        parts.append(f"+{overrides.get('compose.k', '')} {mixing}")
+        parts.append(f"+{k} {mixing}")
     elif "train.method" not in overrides:
         parts.append("plain")
     if "compose.n_unknown" in overrides:
@@ -88,7 +87,7 @@ def run_demo(config: Path, out: Path, printer: Printer, progress: bool = True) -
     printer(f"Packing facts ({config}):")
 
     def on_point(i: int, n: int, point: Any, state: str) -> None:
-        desc = _label(point.overrides)
+        desc = _label(point.overrides, point.config.train.method, point.config.compose.k)
         printer(f"  [{i}/{n}] {desc}: {'already done' if state == 'done' else 'running'} "
                 f"({time.perf_counter() - t0:.0f} s elapsed)")
 
@@ -97,9 +96,14 @@ def run_demo(config: Path, out: Path, printer: Printer, progress: bool = True) -
     printer("")
     printer(f"{'run':<34} {'reliability':>11} {'zero-shot':>9} {'paraphr.':>8} {'+shift':>7} {'-shift':>7} "
             f"{'MC drop':>8} {'params':>8}")
+    short = [_label(r["overrides"], r["metrics"]["run"]["method"], r["metrics"]["run"]["k"]) for r in records]
+    # Two points that differ only in sizing settings (lr, epochs, seed) are named by all their overrides.
+    labels = {id(r): s if short.count(s) == 1 else ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in
+                                                              r["overrides"].items()) or "base"
+              for r, s in zip(records, short)}
     for r in records:
         h = r["metrics"]["headline"]
-        label = _label(r["overrides"])
+        label = labels[id(r)]
 
         def f(key: str, pct: bool = True) -> str:
             v = h.get(key)

@@ -84,11 +84,20 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Any]:
-    """Read trusted JSONL written by knowpack itself (user files go through the fact loaders)."""
+def read_jsonl(path: str | os.PathLike, *, drop_torn_tail: bool = False) -> list[Any]:
+    """Read trusted JSONL written by knowpack itself (user files go through the fact loaders).
+
+    `drop_torn_tail`: a log appended without fsync may end in a partial line (or NUL bytes) after a
+    crash; such a last line is dropped instead of raising. Any other bad line still raises.
+    """
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(json.loads(line))
+    with open(path, encoding="utf-8", errors="replace" if drop_torn_tail else "strict") as fh:
+        lines = [line for line in fh if line.strip("\x00 \t\r\n")]
+    for n, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if drop_torn_tail and n == len(lines) - 1:
+                break
+            raise
     return rows

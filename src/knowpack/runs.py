@@ -310,8 +310,11 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, res
 
     pre_train = pre_train_hook(model, tok, base_id) if pre_train_hook else {}
     t1 = time.perf_counter()
-    # where the caches live changes no result, so moving them keeps checkpoints and metrics valid
-    fingerprint = config_hash({"cfg": {**to_dict(cfg), "cache_dir": None}, "base": base_id, "train": comp.rows})
+    # Where the caches live and how often checkpoints are written change no result, so changing them
+    # keeps checkpoints and metrics valid.
+    settings = to_dict(cfg)
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("checkpoint_every", "checkpoint_seconds")}
+    fingerprint = config_hash({"cfg": {**settings, "cache_dir": None}, "base": base_id, "train": comp.rows})
     result = train(model, tok, comp.rows, cfg.train, out, base_model=model_path(cfg), method_context=context,
                    eval_hook=hook, fingerprint=fingerprint, resume=resume, progress=progress)
     reliability = zero_shot_accuracy(result.model, tok, facts, comp.unknown_ids, cfg.probe.match)

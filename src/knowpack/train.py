@@ -290,7 +290,8 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
         start = load_checkpoint(found, model, optimizer, scheduler, fingerprint) or 0
         if start:
             log.info("resuming from step %d of %d", start, total)
-    history = [r for r in (read_jsonl(log_path) if (start and log_path.exists()) else []) if r.get("step", 0) <= start]
+    history = [r for r in (read_jsonl(log_path, drop_torn_tail=True) if (start and log_path.exists()) else [])
+               if r.get("step", 0) <= start]
     if acc.is_main_process:
         write_jsonl(log_path, history)
 
@@ -358,6 +359,7 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
         adapter = out_dir / "adapter"
         tmp = out_dir / "adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        _sync(log_path)  # the finished adapter never gets ahead of its log
         method.save(model, tmp, base_model=base_model)
         write_json(tmp / TRAINING_RECORD, {"fingerprint": fingerprint, "method": settings.method, "steps": step,
                                            "epochs": step / steps_per_epoch, "trainable_params": n_trainable,
@@ -386,7 +388,7 @@ def _load_finished(model: torch.nn.Module, method: Any, out_dir: Path, done: tup
     trained = method.load(model, adapter)
     trained.eval()
     log_path = out_dir / "train_log.jsonl"
-    history = read_jsonl(log_path) if log_path.exists() else []
+    history = read_jsonl(log_path, drop_torn_tail=True) if log_path.exists() else []
     steps = int(record.get("steps", 0))
     return TrainResult(trained, steps, float(record.get("epochs", 0.0)), int(record.get("trainable_params", 0)),
                        record.get("stopped_early"), float(record.get("seconds", 0.0)), history)

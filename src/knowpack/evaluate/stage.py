@@ -147,6 +147,8 @@ def score_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSett
         res = score_mc(model, tok, rows, batch_size=settings.batch_size, scoring=mc_scoring(settings, name))
         out[name] = {"accuracy": res["accuracy"], "n": res["n"], "kind": "mc", "scoring": res["scoring"],
                      "definition": res["definition"]}
+        if "accuracy_norm" in res:
+            out[name]["accuracy_norm"] = res["accuracy_norm"]
     for name, rows in bench.qa.items():
         answers = answer_zero_shot(model, tok, [r["question"] for r in rows], batch_size=settings.batch_size)
         correct = [matches(a, r["answers"], "contains") and not is_refusal(a) for a, r in zip(answers, rows)]

@@ -244,9 +244,10 @@ def model_fingerprint(model: Any, *, exact_limit: int = 50_000_000) -> str:
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        # Where the model was loaded from is not part of it: the same weights from another directory
-        # (a fresh clone, a copied checkpoint) share their cache entries.
-        settings = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+        # Where the model was loaded from, and the transformers version that saved or loaded it, are
+        # not part of it: the same weights from another directory (a fresh clone, a copied checkpoint)
+        # share their cache entries.
+        settings = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
         h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     tensors = list(model.state_dict().items())
     exact = sum(t.numel() for _, t in tensors) <= exact_limit

@@ -68,6 +68,14 @@ class GenerationBackend(Protocol):
                  stop: str = "\n", progress: ProgressFn | None = None) -> list[Completions]: ...
 
 
+def check_sampling(n_samples: int, temperature: float) -> None:
+    """The argument checks every generation backend makes before answering."""
+    if n_samples < 0:
+        raise ValueError(f"n_samples must be >= 0, got {n_samples}")
+    if n_samples and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+
+
 def as_prompt(p: Prompt | str) -> Prompt:
     """A plain string is a prompt with no shared prefix, tokenized with special tokens."""
     return p if isinstance(p, Prompt) else Prompt("", p)
@@ -419,10 +427,7 @@ class HFEngine:
     def generate(self, prompts: Sequence[Prompt | str], *, greedy: bool = True, n_samples: int = 0,
                  temperature: float = 0.5, top_k: int = 40, max_new_tokens: int = 32, seed: int = 0,
                  stop: str = "\n", progress: ProgressFn | None = None) -> list[Completions]:
-        if n_samples < 0:
-            raise ValueError(f"n_samples must be >= 0, got {n_samples}")
-        if n_samples and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+        check_sampling(n_samples, temperature)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not prompts:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from knowpack.errors import KnowpackError
-from knowpack.probe.engine import Completions, ProgressFn, as_prompt
+from knowpack.probe.engine import Completions, ProgressFn, as_prompt, check_sampling
 from knowpack.probe.prompts import Prompt
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,7 @@ class VLLMBackend:
     def generate(self, prompts: Sequence[Prompt | str], *, greedy: bool = True, n_samples: int = 0,
                  temperature: float = 0.5, top_k: int = 40, max_new_tokens: int = 32, seed: int = 0,
                  stop: str = "\n", progress: ProgressFn | None = None) -> list[Completions]:
-        if n_samples < 0:
-            raise ValueError(f"n_samples must be >= 0, got {n_samples}")
-        if n_samples and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+        check_sampling(n_samples, temperature)
         items = [as_prompt(p) for p in prompts]
         results = [Completions(None, []) for _ in items]
         if not items or (not greedy and not n_samples):

@@ -101,13 +101,14 @@ def make_model(cfg: PretrainConfig, tokenizer, seed: int):
     return model
 
 
-def pack_documents(token_docs: list[list[int]], seq_len: int) -> list[list[int]]:
+def pack_documents(token_docs: list[list[Any]], seq_len: int) -> list[list[Any]]:
     """Greedy packing in the given order: a document goes into the current row if it fits, else a new one.
 
-    Documents longer than a row are cut to `seq_len` (the corpus keeps them far shorter).
+    Documents longer than a row are cut to `seq_len` (the corpus keeps them far shorter). Works on
+    any per-token sequences (token ids, loss weights).
     """
-    rows: list[list[int]] = []
-    row: list[int] = []
+    rows: list[list[Any]] = []
+    row: list[Any] = []
     for ids in token_docs:
         ids = ids[:seq_len]
         if len(row) + len(ids) > seq_len:
@@ -137,17 +138,9 @@ def epoch_rows(docs: list[str], tokenizer, seq_len: int, mc_letter_weight: float
 
 
 def pack_weights(ids: list[list[int]], weights: list[list[float]], seq_len: int) -> list[list[float]]:
-    rows: list[list[float]] = []
-    row: list[float] = []
-    for x, w in zip(ids, weights):
-        w = w[:seq_len]
-        if len(row) + len(w) > seq_len:
-            rows.append(row)
-            row = []
-        row = row + w
-    if row:
-        rows.append(row)
-    return rows
+    """The per-token loss weights packed exactly as `pack_documents` packs their documents."""
+    assert [len(x) for x in ids] == [len(w) for w in weights], "one weight per token"
+    return pack_documents(weights, seq_len)  # type: ignore[arg-type]
 
 
 def _batches(rows, batch_size: int, pad_id: int) -> Iterator[tuple[torch.Tensor, ...]]:

@@ -10,6 +10,7 @@ vLLM is missing.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import types
@@ -112,12 +113,16 @@ def fake_vllm(monkeypatch):
 def test_vllm_backend_feeds_hf_token_ids_and_returns_engine_style_answers(fake_vllm, tiny_dir, tok):
     from knowpack.probe.vllm_backend import VLLMBackend
 
-    backend = VLLMBackend(tiny_dir, seed=5, max_model_len=256)
-    llm = FakeLLM.instances[-1]
-    assert llm.kwargs["model"] == str(tiny_dir) and llm.kwargs["seed"] == 5 and llm.kwargs["max_model_len"] == 256
+    prepared = []
+    backend = VLLMBackend(tiny_dir, seed=5, max_model_len=256, prepare=lambda: prepared.append(True))
+    assert FakeLLM.instances == [] and prepared == []  # nothing starts before something is generated
     prompts = [Prompt("Question: Where was person 7 born?\n", "Answer:"),
                Prompt("<s>Question: Where was person 0 born?\n", "Answer:", add_special_tokens=False)]
     out = backend.generate(prompts, greedy=True, n_samples=2, temperature=0.5, top_k=0, max_new_tokens=9, seed=5)
+    llm, = FakeLLM.instances
+    assert prepared == [True] and backend.llm is llm  # started once, after `prepare`
+    assert llm.kwargs["model"] == str(tiny_dir) and llm.kwargs["seed"] == 5 and llm.kwargs["max_model_len"] == 256
+    assert llm.kwargs["enable_prefix_caching"] is True
     (fed, greedy), (_, sampled) = llm.calls
     assert [f["prompt_token_ids"] for f in fed] == [tok(p.text, add_special_tokens=p.add_special_tokens)["input_ids"]
                                                      for p in prompts]
@@ -145,9 +150,11 @@ def test_knowpack_probe_backend_vllm(fake_vllm, tmp_path, tiny_dir):
     assert [r["category"] for r in rows] == ["HighlyKnown", "HighlyKnown", "WeaklyKnown", "Unknown", "Unknown"]
     assert json.loads((tmp_path / "out" / "probe_meta.json").read_text())["backend"] == "vllm"
     assert len(FakeLLM.instances[-1].calls) == 2
-    # the cache is keyed by the served directory: a second probe generates nothing
+    assert json.loads((tmp_path / "out" / "probe_meta.json").read_text())["engine"]["vllm"] == "0.0-fake"
+    # the cache is keyed by the served model's files: a second probe starts no engine at all
+    started = len(FakeLLM.instances)
     assert _cli_probe(tiny_dir, facts, tmp_path / "out2", tmp_path / "cache", "--backend", "vllm") == 0
-    assert FakeLLM.instances[-1].calls == []
+    assert len(FakeLLM.instances) == started
     assert (tmp_path / "out2" / "probe.jsonl").read_bytes() == (tmp_path / "out" / "probe.jsonl").read_bytes()
 
 
@@ -191,11 +198,40 @@ def test_adapters_are_merged_before_vllm_serves_them(fake_vllm, tmp_path, tiny_d
     assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected)
     assert any(not torch.equal(got[k], base[k]) for k in base)  # the adapter changed the served weights
 
+    # Probed again from the cache: no merge, no engine. With a cold cache into the same directory:
+    # the stamped merge is reused and only the engine starts.
+    started, weights = len(FakeLLM.instances), next(served.glob("*.safetensors"))
+    mtime = weights.stat().st_mtime_ns
+    assert _cli_probe(tiny_dir, facts, tmp_path / "out2", tmp_path / "cache", "--backend", "vllm", "--adapter",
+                      str(adapter)) == 0
+    assert len(FakeLLM.instances) == started and not (tmp_path / "out2" / "merged-model").exists()
+    assert _cli_probe(tiny_dir, facts, out, tmp_path / "cold", "--backend", "vllm", "--adapter", str(adapter)) == 0
+    assert len(FakeLLM.instances) == started + 1 and weights.stat().st_mtime_ns == mtime
 
-def test_missing_vllm_says_how_to_install_and_writes_nothing(monkeypatch, tmp_path, tiny_dir, capsys):
-    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` sees when it is not installed
-    out = tmp_path / "out"
-    assert _cli_probe(tiny_dir, _facts_file(tmp_path), out, tmp_path / "cache", "--backend", "vllm") == 2
-    err = capsys.readouterr().err
-    assert "pip install knowpack[vllm]" in err and "Traceback" not in err
-    assert not out.exists()
+
+def test_vllm_cache_key_follows_the_adapter_contents(tmp_path, tiny_dir):
+    import shutil
+
+    from knowpack.probe.vllm_backend import dir_fingerprint, source_fingerprint
+
+    adapter_a, adapter_b = tmp_path / "a", tmp_path / "b"
+    _adapter("loki", tiny_dir, adapter_a)
+    shutil.copytree(adapter_a, adapter_b)
+    for f in adapter_b.iterdir():
+        os.utime(f, ns=(1, 1))
+    # the same adapter elsewhere, touched: the same key; no adapter: another key
+    assert source_fingerprint(tiny_dir, adapter_a) == source_fingerprint(tiny_dir, adapter_b)
+    assert source_fingerprint(tiny_dir, adapter_a) != source_fingerprint(tiny_dir) == source_fingerprint(tiny_dir)
+    weights = next(adapter_b.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one trained weight
+    weights.write_bytes(bytes(data))
+    assert source_fingerprint(tiny_dir, adapter_a) != source_fingerprint(tiny_dir, adapter_b)
+    # a base model rewritten in place is another model
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    before = dir_fingerprint(copy)
+    rewritten = next(copy.glob("*.safetensors"))
+    rewritten.write_bytes(rewritten.read_bytes())
+    os.utime(rewritten, ns=(2, 2))
+    assert dir_fingerprint(copy) != before

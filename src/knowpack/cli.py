@@ -151,12 +151,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.backend == "vllm":
         from knowpack.probe import vllm_backend
 
-        vllm_backend.require_vllm()  # before any merging
-        served = vllm_backend.served_model_dir(_model_path(args.model), args.adapter, out / "merged-model",
-                                               dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-        backend = vllm_backend.VLLMBackend(served, dtype=args.dtype, seed=settings.seed,
-                                           trust_remote_code=args.trust_remote_code)
-        model, tok, model_id = None, backend.tokenizer, f"vllm:{vllm_backend.dir_fingerprint(served)}"
+        from knowpack.models import load_tokenizer
+
+        vllm_backend.require_vllm()  # before anything else
+        base = _model_path(args.model)
+        served = Path(base) if args.adapter is None else out / "merged-model"
+        # The key names the base and adapter, so a cached probe needs neither the merge nor the engine,
+        # which start (merge first) only when something must be generated.
+        backend = vllm_backend.VLLMBackend(
+            served, load_tokenizer(base, trust_remote_code=args.trust_remote_code), dtype=args.dtype,
+            seed=settings.seed, trust_remote_code=args.trust_remote_code,
+            prepare=lambda: vllm_backend.served_model_dir(base, args.adapter, served, dtype=args.dtype,
+                                                          trust_remote_code=args.trust_remote_code))
+        model, tok = None, backend.tokenizer
+        model_id = f"vllm:{vllm_backend.source_fingerprint(base, args.adapter)}"
     elif args.adapter:
         from knowpack.adapters import load_adapted
 
@@ -170,7 +178,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
                                  model_id=model_id, backend=backend)
     write_probe(out, rows, summary)
     save_config(settings, out / "probe_config.yaml")
-    write_json(out / "probe_meta.json", {"model": args.model, "adapter": args.adapter, "backend": args.backend,
+    engine = {"backend": "hf"}
+    if backend is not None:
+        from knowpack.probe.vllm_backend import describe
+
+        engine = describe(backend)
+    write_json(out / "probe_meta.json", {"model": args.model, "adapter": args.adapter, "engine": engine,
+                                         "backend": args.backend,
                                          "facts": args.facts, "limit": args.limit, "n_facts": len(probed),
                                          "seconds": round(time.perf_counter() - t0, 2)})
     counts = summary.get("counts", {})

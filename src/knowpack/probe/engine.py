@@ -111,7 +111,11 @@ def stop_token_ids(tokenizer: Any, stop: str = "\n") -> frozenset[int]:
 
 def decode_answer(tokenizer: Any, ids: Sequence[int], stop: str = "\n") -> str:
     """Generated ids to answer text: special tokens dropped, cut at the stop string, stripped."""
-    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    return cut_answer(tokenizer.decode(list(ids), skip_special_tokens=True), stop)
+
+
+def cut_answer(text: str, stop: str = "\n") -> str:
+    """Generated text as an answer, the same for every backend: cut at the stop string, stripped."""
     if stop:
         text = text.split(stop, 1)[0]
     return text.strip()

@@ -6,6 +6,9 @@
     backend = VLLMBackend(model_dir)                  # a plain Hugging Face model directory
     rows = probe_facts(None, backend.tokenizer, facts, settings, backend=backend)
 
+The engine starts on the first `generate` call (after `prepare`, e.g. merging an adapter, if given),
+so a probe answered from the cache neither merges nor loads anything onto the GPU.
+
 `VLLMBackend` implements `GenerationBackend` (probe/engine.py), so SliCK probing, zero-shot answers
 and the cache work unchanged. vLLM serves plain Hugging Face models only: it cannot load LoKI rows
 or DoRA's magnitude vectors, so an adapter is merged into a full model first (`served_model_dir`),
@@ -22,10 +25,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from knowpack.errors import KnowpackError
-from knowpack.probe.engine import Completions, ProgressFn, as_prompt, check_sampling
+from knowpack.io import read_json, write_json
+from knowpack.probe.engine import Completions, ProgressFn, as_prompt, check_sampling, cut_answer
 from knowpack.probe.prompts import Prompt
 
 log = logging.getLogger(__name__)
@@ -46,26 +50,40 @@ def require_vllm() -> Any:
 
 
 class VLLMBackend:
-    """A `GenerationBackend` on a vLLM engine serving the plain Hugging Face model in `model_dir`."""
+    """A `GenerationBackend` on a vLLM engine serving the plain Hugging Face model in `model_dir`.
+
+    `prepare`, if given, runs once before the engine starts (the CLI merges an adapter there), so
+    `model_dir` need not exist until then; `tokenizer` must then be given.
+    """
 
     def __init__(self, model_dir: str | Path, tokenizer: Any = None, *, dtype: str = "auto", seed: int = 0,
                  gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
-                 trust_remote_code: bool = False, **engine_args: Any):
-        vllm = require_vllm()
+                 trust_remote_code: bool = False, prepare: Callable[[], Any] | None = None, **engine_args: Any):
+        self._vllm = require_vllm()
         self.model_dir = str(model_dir)
         if tokenizer is None:
             from knowpack.models import load_tokenizer
 
             tokenizer = load_tokenizer(self.model_dir, trust_remote_code=trust_remote_code)
         self.tokenizer = tokenizer
-        self._sampling_params = vllm.SamplingParams
-        kwargs = {"model": self.model_dir, "tokenizer": self.model_dir, "dtype": dtype, "seed": seed,
-                  "gpu_memory_utilization": gpu_memory_utilization, "trust_remote_code": trust_remote_code,
-                  **engine_args}
+        self._prepare = prepare
+        # The greedy and the sampling call of a chunk share their prompts: prefix caching prefills them once.
+        self._engine_args = {"model": self.model_dir, "tokenizer": self.model_dir, "dtype": dtype, "seed": seed,
+                             "gpu_memory_utilization": gpu_memory_utilization,
+                             "trust_remote_code": trust_remote_code, "enable_prefix_caching": True, **engine_args}
         if max_model_len is not None:
-            kwargs["max_model_len"] = max_model_len
-        log.info("starting vLLM on %s", self.model_dir)
-        self.llm = vllm.LLM(**kwargs)
+            self._engine_args["max_model_len"] = max_model_len
+        self._llm: Any = None
+
+    @property
+    def llm(self) -> Any:
+        """The vLLM engine, started on first use."""
+        if self._llm is None:
+            if self._prepare is not None:
+                self._prepare()
+            log.info("starting vLLM on %s", self.model_dir)
+            self._llm = self._vllm.LLM(**self._engine_args)
+        return self._llm
 
     def _token_prompts(self, prompts: Sequence[Prompt]) -> list[dict[str, list[int]]]:
         out = []
@@ -75,7 +93,7 @@ class VLLMBackend:
         return out
 
     def _params(self, *, n: int, temperature: float, top_k: int, max_new_tokens: int, seed: int, stop: str):
-        return self._sampling_params(n=n, temperature=temperature, top_k=top_k if top_k > 0 else -1,
+        return self._vllm.SamplingParams(n=n, temperature=temperature, top_k=top_k if top_k > 0 else -1,
                                      max_tokens=max_new_tokens, stop=[stop] if stop else None,
                                      seed=seed if temperature > 0 else None, skip_special_tokens=True)
 
@@ -95,20 +113,17 @@ class VLLMBackend:
             chunk = self._token_prompts(items[lo:lo + CHUNK])
             if greedy:
                 for res, out in zip(results[lo:], self.llm.generate(chunk, greedy_params, use_tqdm=False)):
-                    res.greedy = _answer(out.outputs[0].text, stop)
+                    res.greedy = cut_answer(out.outputs[0].text, stop)
             if sample_params is not None:
                 for res, out in zip(results[lo:], self.llm.generate(chunk, sample_params, use_tqdm=False)):
-                    res.samples = [_answer(o.text, stop) for o in out.outputs]
+                    res.samples = [cut_answer(o.text, stop) for o in out.outputs]
             if progress is not None:
                 progress(len(chunk))
         return results
 
 
-def _answer(text: str, stop: str) -> str:
-    """As the built-in engine returns answers: cut at the stop string, surrounding spaces stripped."""
-    if stop:
-        text = text.split(stop, 1)[0]
-    return text.strip()
+#: written into a merged model directory: the source it was merged from (see `served_model_dir`)
+SOURCE_STAMP = "knowpack_source.json"
 
 
 def served_model_dir(model: str | Path, adapter: str | Path | None, merged_dir: str | Path, *,
@@ -116,22 +131,45 @@ def served_model_dir(model: str | Path, adapter: str | Path | None, merged_dir: 
     """The directory vLLM should load: `model` itself, or `model` with `adapter` merged into `merged_dir`.
 
     Every adapter is merged (vLLM cannot load LoKI or DoRA adapters; merging LoRA as well keeps one
-    path), and the merged model is written atomically, so vLLM never sees half of one.
+    path), and the merged model is written atomically, so vLLM never sees half of one. A merge of
+    the same base and adapter already in `merged_dir` (its stamp says so) is reused.
     """
     if adapter is None:
         return Path(model)
     from knowpack.adapters import merge_adapter
 
-    log.info("merging %s into %s for vLLM", adapter, merged_dir)
-    return Path(merge_adapter(str(model), adapter, merged_dir, dtype=dtype, trust_remote_code=trust_remote_code))
+    merged, source = Path(merged_dir), source_fingerprint(model, adapter)
+    try:
+        if read_json(merged / SOURCE_STAMP).get("source") == source:
+            log.info("reusing the merge of %s in %s", adapter, merged)
+            return merged
+    except (OSError, ValueError, AttributeError):
+        pass
+    log.info("merging %s into %s for vLLM", adapter, merged)
+    out = Path(merge_adapter(str(model), adapter, merged, dtype=dtype, trust_remote_code=trust_remote_code))
+    write_json(out / SOURCE_STAMP, {"source": source, "model": str(model), "adapter": str(adapter)})
+    return out
+
+
+def source_fingerprint(model: str | Path, adapter: str | Path | None = None) -> str:
+    """A cache key for what vLLM serves, without loading it: the base model directory's fingerprint
+    and, with an adapter, a hash of every file in the adapter directory (taken before any merge)."""
+    h = hashlib.sha256(dir_fingerprint(model).encode())
+    if adapter is not None:
+        for f in sorted(p for p in Path(adapter).rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(adapter)}|{f.stat().st_size}|".encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
 
 
 def dir_fingerprint(model_dir: str | Path) -> str:
     """A cache key for the model in a directory, without loading it: its config and weight files.
 
     Hashes config.json and generation_config.json, and for each weights file its name, size,
-    modification time and safetensors header (tensor names, shapes, offsets), so a rewritten model
-    (a new merge) never matches an old probe.
+    modification time and safetensors header (tensor names, shapes, offsets), so a model rewritten
+    in place never matches an old probe (a copy elsewhere is probed anew: safe, if not free).
     """
     d = Path(model_dir)
     h = hashlib.sha256()
@@ -161,4 +199,5 @@ def describe(backend: Any) -> dict[str, Any]:
     return {"backend": "hf"}
 
 
-__all__ = ["VLLMBackend", "require_vllm", "served_model_dir", "dir_fingerprint", "INSTALL_HINT", "describe"]
+__all__ = ["VLLMBackend", "require_vllm", "served_model_dir", "source_fingerprint", "dir_fingerprint", "INSTALL_HINT",
+           "describe"]

@@ -283,6 +283,11 @@ def _set(cfg: dict, dotted: str, value) -> bool:
     return True
 
 
+def names_key(problem: str, key: str) -> bool:
+    """Whether a config problem is about `key`: the config error format is "KEY (where): message"."""
+    return problem.startswith((f"{key} (", f"{key}:"))
+
+
 @settings(max_examples=EXAMPLES, **HYP)
 @given(data=st.data(), n_bad=st.integers(1, 3))
 def test_bad_configs_report_every_key_and_its_line(tmp_path, data, n_bad):
@@ -303,11 +308,24 @@ def test_bad_configs_report_every_key_and_its_line(tmp_path, data, n_bad):
     msg = str(exc.value)
     assert str(path) in msg
     for key, _ in picks:
-        leaf = key.split(".")[-1]
-        hits = [p for p in exc.value.problems if leaf in p.split(":")[0] or leaf in p]
+        # a problem names its full dotted key first: "train.lora.r (line 20): ..."; a bare leaf such as
+        # "r" would also match "error" or another key, so only the whole key counts
+        hits = [p for p in exc.value.problems if names_key(p, key)]
         assert hits, (key, msg)
         assert any("(line " in p for p in hits), (key, msg)  # where in the file
     tally("config: wrong types, bad values, unknown keys")
+
+
+BAD_OVERRIDES = {  # override -> (how its problem starts, what else it says)
+    "train.lr": ("override 'train.lr' ", "not KEY=VALUE"),
+    "=3": ("override '=3' ", "not KEY=VALUE"),
+    "train..lr=1": ("override 'train..lr=1' ", "not KEY=VALUE"),
+    "probe.n_prompts=[1": ("override 'probe.n_prompts=[1'", "cannot read the value as YAML"),
+    "seed.x=2": ("seed (", "{'x': 2}"),  # a section given to a plain key
+    "probe.shots=-1": ("probe.shots (from override 'probe.shots=-1')", "got -1"),
+    "train.method=lorra": ("train.method (from override 'train.method=lorra')", "'lorra'"),
+}
+GOOD_OVERRIDES = ["seed=1", "train.lr=1e-3", "compose.k=2"]
 
 
 @settings(max_examples=EXAMPLES // 2, **HYP)
@@ -327,8 +345,12 @@ def test_broken_yaml_and_overrides(tmp_path, data):
         lines.insert(at, data.draw(st.sampled_from(["bad: [unclosed\n", "bad: {a: 1\n", '"unterminated\n',
                                                     "- item\n", "bad: 'x\n"]), label="syntax"))
     elif kind == "override":
-        overrides = [data.draw(st.sampled_from(["train.lr", "=3", "train..lr=1", "probe.n_prompts=[1",
-                                                 "seed=1", "seed.x=2", "train.lr=1e-3"]))] + ["seed.x=2"]
+        bad = data.draw(st.lists(st.sampled_from(sorted(BAD_OVERRIDES)), min_size=1, max_size=2,
+                                 unique_by=lambda o: o.partition("=")[0]), label="bad overrides")
+        clash = {o.partition("=")[0].split(".")[0] for o in bad}
+        good = data.draw(st.lists(st.sampled_from([o for o in GOOD_OVERRIDES if o.split(".")[0].split("=")[0]
+                                                   not in clash]), max_size=1), label="good overrides")
+        overrides = data.draw(st.permutations(bad + good), label="overrides")
     elif kind == "truncated":
         cut = data.draw(st.integers(1, len(text) - 1), label="cut")
         lines = [text[:cut]]
@@ -341,6 +363,10 @@ def test_broken_yaml_and_overrides(tmp_path, data):
         assert str(path) in msg or "overrides" in msg or "override" in msg, msg
         if kind in ("control", "duplicate", "syntax"):
             assert "line " in msg, msg
+        for item in overrides:
+            if item in BAD_OVERRIDES:  # every drawn bad override is reported, by name, with what is wrong
+                head, fragment = BAD_OVERRIDES[item]
+                assert any(p.startswith(head) and fragment in p for p in exc.problems), (item, msg)
         tally(f"config: {kind}")
         return
     assert kind == "truncated"  # a cut at a line end can leave valid YAML; anything else must fail

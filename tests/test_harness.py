@@ -7,6 +7,7 @@ lm-eval 0.4 lays them out (`results`/`groups`/`group_subtasks`/`n-shot`/`n-sampl
 
 from __future__ import annotations
 
+import errno
 import sys
 import types
 
@@ -209,7 +210,8 @@ def test_task_specs_and_unknown_task_names(fake_lm_eval, model, tok):
     DatasetNotFoundError("Dataset 'truthfulqa/truthful_qa' doesn't exist on the Hub or cannot be accessed."),
     ConnectionError("Couldn't reach 'truthfulqa/truthful_qa' on the Hub (LocalEntryNotFoundError)"),
     ValueError("Couldn't find cache for truthful_qa for config 'multiple_choice' (offline mode is enabled)"),
-], ids=["not-found", "connection", "offline-cache"])
+    TimeoutError("The read operation timed out"),
+], ids=["not-found", "connection", "offline-cache", "timeout"])
 def test_missing_task_data_names_the_task_and_the_ways_out(fake_lm_eval, model, tok, error):
     fake_lm_eval.fail["truthfulqa_mc1"] = error
     with pytest.raises(KnowpackError) as exc:
@@ -224,6 +226,17 @@ def test_other_errors_inside_lm_eval_are_not_disguised(fake_lm_eval, model, tok)
     fake_lm_eval.fail["mmlu"] = RuntimeError("CUDA out of memory")
     with pytest.raises(RuntimeError, match="out of memory"):
         harness.run_harness(model, tok, ["mmlu"])
+
+
+@pytest.mark.parametrize("error", [
+    PermissionError(errno.EACCES, "Permission denied", "/data/hf/datasets/truthful_qa.lock"),
+    OSError(errno.ENOSPC, "No space left on device"),
+], ids=["permission", "disk-full"])
+def test_os_errors_that_are_not_missing_data_are_re_raised_unchanged(fake_lm_eval, model, tok, error):
+    fake_lm_eval.fail["truthfulqa_mc1"] = error
+    with pytest.raises(OSError) as exc:
+        harness.run_harness(model, tok, ["truthfulqa_mc1"])
+    assert exc.value is error and not isinstance(exc.value, KnowpackError)
 
 
 # --- the evaluation stage and its config --------------------------------------------------------

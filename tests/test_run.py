@@ -81,14 +81,41 @@ def test_capacity_search_bisects_to_the_largest_passing_size(tmp_path):
     assert again["capacity"] == limit and len(seen) == len(set(seen))  # resumed: nothing measured twice
 
 
-def test_probing_never_builds_the_world(monkeypatch, tmp_path):
+def test_probing_never_builds_the_world(monkeypatch, tmp_path, tok):
     import knowpack.world
+    import knowpack.world.build
+    from knowpack import runs
+    from knowpack.facts import Fact, FactSet
+    from knowpack.models import tiny_model
+    from knowpack.probe import ProbeSettings
 
     def refuse(*a, **k):
         raise AssertionError("a probe must not build the embedded world")
 
-    monkeypatch.setattr(knowpack.world, "build_world", refuse)
-    monkeypatch.setattr(knowpack.world, "default_world_dir", lambda: tmp_path / "not-shipped")
-    from knowpack.runs import shipped_probe_caches
+    empty = tmp_path / "no-world-shipped"
+    empty.mkdir()
+    looked = []
 
-    assert shipped_probe_caches() == []
+    def no_shipped_world():
+        looked.append(empty)
+        return empty
+
+    monkeypatch.setattr(knowpack.world, "build_world", refuse)
+    monkeypatch.setattr(knowpack.world.build, "build_world", refuse)
+    monkeypatch.setattr(knowpack.world, "default_world_dir", no_shipped_world)
+    monkeypatch.setattr(knowpack.world.build, "default_world_dir", no_shipped_world)
+    # no world built into the default cache either, so asking for the world here would build one
+    monkeypatch.setenv("KNOWPACK_CACHE", str(tmp_path / "knowpack-cache"))
+
+    facts = FactSet(Fact(id=f"f{i}", question=f"Where is thing {i}?", answers=(f"Place{i}",), relation="place")
+                    for i in range(4))
+    cfg = RunConfig(cache_dir=str(tmp_path / "cache"),
+                    probe=ProbeSettings(n_prompts=2, shots=1, n_samples=1, max_new_tokens=3, batch_size=8))
+    model = tiny_model("llama", seed=0, vocab_size=len(tok))
+    rows, summary = runs.cached_probe(cfg, model, tok, facts, progress=False)
+    assert [r["id"] for r in rows] == [f.id for f in facts] and summary
+    assert looked  # the shipped-cache lookup ran, against the empty world directory
+    assert runs.shipped_probe_caches() == []
+    # the second call is served from the run's own cache, still without building anything
+    again, _ = runs.cached_probe(cfg, model, tok, facts, progress=False)
+    assert again == rows

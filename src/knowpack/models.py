@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from knowpack import distributed
 from knowpack.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def set_seed(seed: int) -> None:
 def resolve_device(device: str = "auto") -> torch.device:
     if device in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         # under `accelerate launch`/torchrun each process takes its own GPU, not all of them GPU 0
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda", distributed.local_rank())
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -6,9 +6,9 @@
 Uses a random Llama of the given shape (default: hidden 256, 8 layers, FFN 1024), or a model
 directory with --model (`--model world`: the embedded world's 4-layer base model). The fast path's
 advantage grows with the number of layers L (the reference runs L*m full forward passes per prompt),
-so the 4-layer world model shows less of it than the 8-layer default, and an 8B model's 32 layers more. Prompts are random token ids (BOS
-first) of exactly --tokens tokens. Both methods see the same prompts after one warm-up prompt each, timed in
-interleaved chunks of --batch-prompts prompts.
+so the 4-layer world model shows less of it than the 8-layer default, and an 8B model's 32 layers
+more. Prompts are random token ids (BOS first) of exactly --tokens tokens. Both methods see the same
+prompts after one warm-up prompt each, timed in interleaved chunks of --batch-prompts prompts.
 
 The last line printed is a JSON object:
     ratio          reference seconds per prompt / fast seconds per prompt
@@ -69,7 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=2, help="CPU threads (the build machine has 2 shared cores)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    shape_options = [o for o in ("shape", "hidden", "layers", "ffn", "heads", "kv_heads", "vocab")
+                     if getattr(args, o) is not None]
+    if args.model and shape_options:
+        p.error(f"--model loads a model of its own shape; drop --{shape_options[0].replace('_', '-')}")
+    return args
 
 
 def build_model(args: argparse.Namespace):

@@ -1,7 +1,7 @@
 """Build the embedded default world into a directory: facts, benchmarks, base model, world.json.
 
     from knowpack.world import build_world, default_world_dir
-    build_world("/tmp/world", seed=0)          # about 5 minutes on 2 CPU cores
+    build_world("/tmp/world", seed=0)          # about 6 minutes on 2 CPU cores (337 s measured)
     build_world(default_world_dir(), force=True)  # what `make world` does
 
 Layout of the directory (the contract downstream code relies on):
@@ -13,6 +13,8 @@ Layout of the directory (the contract downstream code relies on):
     benchmarks/arithmetic.jsonl  small-number addition, pairs held out of pretraining (question, answers)
     templates.yaml             relation -> question templates (canonical first)
     world.json                 sizes, settings, seed, model size, build time, zero-shot accuracies
+    cache/probe/               (shipped world only) the base model's probe results; kept on a rebuild,
+                               read only when their key (weights, facts, settings) matches
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def _share(flags: Sequence[bool]) -> float | None:
 def evaluate_world(model, tokenizer, world: World) -> dict[str, Any]:
     """Zero-shot accuracies of the base model on the world: facts by bucket and tier, MC, skill, refusals."""
     probe = world.group("probe")
-    ok = zero_shot_accuracy(model, tokenizer, [wf.fact.question for wf in probe], [wf.fact.answers for wf in probe])
+    answers = greedy_answers(model, tokenizer, [f"Question: {wf.fact.question}\nAnswer:" for wf in probe])
+    ok = [is_correct(a, wf.fact.answers) for a, wf in zip(answers, probe)]
     by_bucket: dict[str, list[bool]] = defaultdict(list)
     by_tier: dict[str, list[bool]] = defaultdict(list)
     for wf, good in zip(probe, ok):
@@ -132,8 +135,7 @@ def evaluate_world(model, tokenizer, world: World) -> dict[str, Any]:
     refusal = world.group("refusal")
     refusal_answers = greedy_answers(model, tokenizer, [f"Question: {wf.fact.question}\nAnswer:" for wf in refusal])
     refused = [any(m in normalize(a) for m in REFUSAL_MARKERS) for a in refusal_answers]
-    tail = [wf for wf in probe if wf.fact.meta["bucket"] == "tail"]
-    tail_answers = greedy_answers(model, tokenizer, [f"Question: {wf.fact.question}\nAnswer:" for wf in tail])
+    tail_answers = [a for a, wf in zip(answers, probe) if wf.fact.meta["bucket"] == "tail"]
     return {
         "facts": {**{b: _share(by_bucket[b]) for b in ("head", "torso", "tail")}, "all": _share(ok)},
         "facts_by_tier": {t: _share(v) for t, v in sorted(by_tier.items())},
@@ -285,6 +287,8 @@ def build_world(out_dir: str | Path, seed: int = 0, force: bool = False, *,
         }
         write_json(tmp / "world.json", info)
         if out.exists():
+            if (out / "cache").is_dir():  # probe caches are keyed by weights: stale entries are never read
+                (out / "cache").rename(tmp / "cache")
             shutil.rmtree(out)
         tmp.rename(out)
     finally:

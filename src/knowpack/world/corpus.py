@@ -13,18 +13,13 @@ the MC benchmark's items never appear.
 from __future__ import annotations
 
 import random
-from collections import Counter
 
-from knowpack.world.generate import LETTERS, World, WorldFact, cumulative_mentions, make_mc_item
+from knowpack.world.generate import LETTERS, World, WorldFact, epoch_mentions, make_mc_item
 
 
 def qa_block(question: str, answer: str) -> str:
     """One zero-shot block: the probe's base-model prompt followed by the answer and a newline."""
     return f"Question: {question}\nAnswer: {answer}\n"
-
-
-def _count(rate: float, epoch: int, phase: float) -> int:
-    return cumulative_mentions(rate, epoch + 1, phase) - cumulative_mentions(rate, epoch, phase)
 
 
 def _golden_phase(k: int) -> float:
@@ -71,27 +66,15 @@ def epoch_documents(world: World, epoch: int) -> list[str]:
         docs.extend(_chunk_docs(by_relation[relation], cfg.blocks_per_doc, rng))
 
     arithmetic = [qa_block(item.question, item.answer) for k, item in enumerate(world.arithmetic_train)
-                  for _ in range(_count(cfg.arithmetic_rate, epoch, _golden_phase(k)))]
+                  for _ in range(epoch_mentions(cfg.arithmetic_rate, epoch, _golden_phase(k)))]
     docs.extend(_chunk_docs(arithmetic, cfg.blocks_per_doc, rng))
 
     for wf in world.mc_train:
-        for _ in range(_count(cfg.mc_rate, epoch, wf.phase)):
+        for _ in range(epoch_mentions(cfg.mc_rate, epoch, wf.phase)):
             item = make_mc_item(wf, world.pools[wf.fact.relation or ""], rng)
             # Some MC documents first state the fact: matching a choice to an answer in context is
             # learnt early and then carries over to answers recalled from the weights.
             lead = qa_block(wf.fact.question, wf.fact.answer) if rng.random() < cfg.mc_context_share else ""
-            tail = f". {item.choices[item.answer]}" if cfg.mc_answer_text else ""
-            docs.append(lead + item.prompt() + LETTERS[item.answer] + tail + "\n")
+            docs.append(lead + item.prompt() + LETTERS[item.answer] + "\n")
     rng.shuffle(docs)
     return docs
-
-
-def corpus_stats(world: World, epoch: int = 0) -> dict[str, int]:
-    """Counts of one epoch's documents by kind, and its size in characters."""
-    docs = epoch_documents(world, epoch)
-    kinds: Counter[str] = Counter()
-    for d in docs:
-        kinds["mc" if d.startswith("There is a single choice") else
-              "arithmetic" if "plus" in d.split("\n", 1)[0] else "facts"] += 1
-    return {"documents": len(docs), "characters": sum(len(d) for d in docs),
-            **{f"{k}_documents": v for k, v in sorted(kinds.items())}}

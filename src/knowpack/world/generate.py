@@ -85,7 +85,6 @@ class WorldConfig:
     reference_rate: float = 3.4
     mc_rate: float = 1.0  # MC documents per MC-training fact per epoch
     mc_context_share: float = 0.0  # share of MC documents that state the fact before the question
-    mc_answer_text: bool = False  # MC documents end "Answer: B. <choice>" instead of "Answer: B"
     n_refusal_people: int = 20
     refusal_rate: float = 2.0
     blocks_per_doc: int = 6  # Q/A blocks per pretraining document
@@ -106,9 +105,6 @@ class WorldConfig:
         d["tiers"] = [t.__dict__ | {"noisy": t.noisy} for t in self.tiers]
         d["pools"] = dict(self.pools)
         return d
-
-    def scaled(self, **changes: Any) -> "WorldConfig":
-        return replace(self, **changes)
 
 
 # --- relations and templates ----------------------------------------------------------------
@@ -188,6 +184,11 @@ def cumulative_mentions(rate: float, epochs: int, phase: float = 0.0) -> int:
     return math.floor(rate * epochs + phase + 1e-9) - math.floor(phase + 1e-9)
 
 
+def epoch_mentions(rate: float, epoch: int, phase: float = 0.0) -> int:
+    """Mentions in epoch `epoch` alone at `rate` per epoch, offset by `phase`."""
+    return cumulative_mentions(rate, epoch + 1, phase) - cumulative_mentions(rate, epoch, phase)
+
+
 @dataclass(frozen=True)
 class WorldFact:
     """A fact of the world with how the corpus mentions it."""
@@ -205,7 +206,7 @@ class WorldFact:
 
     def mentions(self, epoch: int) -> int:
         """How many times the corpus of `epoch` mentions this fact."""
-        return cumulative_mentions(self.rate, epoch + 1, self.phase) - cumulative_mentions(self.rate, epoch, self.phase)
+        return epoch_mentions(self.rate, epoch, self.phase)
 
     def true_mentions(self, epoch: int) -> int:
         """How many of those give the true answer: floor(share · all mentions so far), exactly."""

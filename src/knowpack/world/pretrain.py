@@ -53,7 +53,6 @@ class PretrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     threads: int = 2
-    mc_letter_weight: float = 1.0  # loss weight of the answer letter of MC documents
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,43 +119,23 @@ def pack_documents(token_docs: list[list[Any]], seq_len: int) -> list[list[Any]]
     return rows
 
 
-def epoch_rows(docs: list[str], tokenizer, seq_len: int, mc_letter_weight: float = 1.0):
-    """One epoch's documents as `<s> … </s>` token rows of at most `seq_len`, packed in order,
-    with a loss weight per token."""
+def epoch_rows(docs: list[str], tokenizer, seq_len: int) -> list[list[int]]:
+    """One epoch's documents as `<s> … </s>` token rows of at most `seq_len`, packed in order."""
     enc = tokenizer(docs, add_special_tokens=True)["input_ids"]
-    eos = tokenizer.eos_token_id
-    ids = [x + [eos] for x in enc]
-    weights = []
-    for doc, x in zip(docs, ids):
-        w = [1.0] * len(x)
-        if mc_letter_weight != 1.0 and "\nChoices:\n" in doc:
-            text_upto = doc[:doc.rindex("Answer: ") + len("Answer: ")]
-            k = len(tokenizer(text_upto)["input_ids"])
-            w[k] = mc_letter_weight
-        weights.append(w)
-    return pack_documents(ids, seq_len), pack_weights(ids, weights, seq_len)
+    return pack_documents([x + [tokenizer.eos_token_id] for x in enc], seq_len)
 
 
-def pack_weights(ids: list[list[int]], weights: list[list[float]], seq_len: int) -> list[list[float]]:
-    """The per-token loss weights packed exactly as `pack_documents` packs their documents."""
-    assert [len(x) for x in ids] == [len(w) for w in weights], "one weight per token"
-    return pack_documents(weights, seq_len)  # type: ignore[arg-type]
-
-
-def _batches(rows, batch_size: int, pad_id: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    rows, wrows = rows
+def _batches(rows: list[list[int]], batch_size: int, pad_id: int) -> Iterator[tuple[torch.Tensor, ...]]:
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         width = max(len(r) for r in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        weight = torch.zeros((len(chunk), width))
         for j, r in enumerate(chunk):
             ids[j, :len(r)] = torch.tensor(r)
             mask[j, :len(r)] = 1
-            weight[j, :len(r)] = torch.tensor(wrows[i + j])
         labels = ids.masked_fill(mask == 0, -100)
-        yield ids, mask, labels, weight
+        yield ids, mask, labels
 
 
 def one_cycle(total_steps: int, warmup_share: float, start: float = 0.04, end: float = 1e-3):
@@ -198,8 +177,8 @@ def pretrain(corpus_docs: list[list[str]], tokenizer, cfg: PretrainConfig, seed:
              n_params, cfg.hidden_size, cfg.layers, cfg.intermediate_size, epochs)
 
     # The whole corpus is laid out first, so the schedule knows its exact length.
-    corpus = [epoch_rows(docs, tokenizer, cfg.seq_len, cfg.mc_letter_weight) for docs in corpus_docs]
-    total_steps = sum(math.ceil(len(rows[0]) / cfg.batch_size) for rows in corpus)
+    corpus = [epoch_rows(docs, tokenizer, cfg.seq_len) for docs in corpus_docs]
+    total_steps = sum(math.ceil(len(rows) / cfg.batch_size) for rows in corpus)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
@@ -213,16 +192,8 @@ def pretrain(corpus_docs: list[list[str]], tokenizer, cfg: PretrainConfig, seed:
     for epoch in bar:
         rows = corpus[epoch]
         total_loss, total_tokens = 0.0, 0
-        for ids, mask, labels, weight in _batches(rows, cfg.batch_size, tokenizer.pad_token_id):
-            if cfg.mc_letter_weight != 1.0:
-                out = model(input_ids=ids, attention_mask=mask)
-                ce = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(),
-                                                       reduction="none")
-                w = weight[:, 1:].flatten()
-                loss = (ce * w).sum() / (mask[:, 1:].sum())
-                out.loss = loss
-            else:
-                out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        for ids, mask, labels in _batches(rows, cfg.batch_size, tokenizer.pad_token_id):
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()

@@ -53,6 +53,37 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+# --- the key/value cache argument ------------------------------------------------------------
+# transformers 5.2x renamed the forward argument `past_key_values` to `cache` (and the output field
+# with it), keeping the old names behind a deprecation warning. Both spellings are looked up once
+# per class, so probing and KVA use whichever the installed version calls current.
+
+_CACHE_ARG: dict[type, str] = {}
+
+
+def cache_arg(module: Any) -> str:
+    """The name `module.forward` takes its key/value cache under: 'cache' (current) or 'past_key_values'."""
+    import inspect
+
+    cls = type(module)
+    if cls not in _CACHE_ARG:
+        target = module.get_base_model() if hasattr(module, "get_base_model") else module
+        params = inspect.signature(type(target).forward).parameters
+        _CACHE_ARG[cls] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_ARG[cls]
+
+
+def with_cache(module: Any, cache: Any) -> dict[str, Any]:
+    """Keyword arguments that hand `cache` to `module.forward` under the name it expects."""
+    return {cache_arg(module): cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The key/value cache a forward returned, under either field name, without a deprecation warning."""
+    fields = getattr(output, "__dataclass_fields__", {})
+    return getattr(output, "cache" if "cache" in fields else "past_key_values")
+
+
 def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
 

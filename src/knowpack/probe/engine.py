@@ -40,6 +40,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from knowpack.models import with_cache
 from knowpack.probe.prompts import Prompt
 
 log = logging.getLogger(__name__)
@@ -485,7 +486,7 @@ class HFEngine:
         if state is not None:
             state.own_mask, state.blocked = attention_mask, None
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True, **self._keep)
+                         use_cache=True, **with_cache(self.model, cache), **self._keep)
         return out.logits[:, -1, :].float()
 
     def _run_batch(self, batch: list[_Item], *, greedy: bool, n_samples: int, temperature: float, top_k: int,
@@ -515,13 +516,13 @@ class HFEngine:
                 from transformers import DynamicCache
 
                 p_cache = DynamicCache(config=self.model.config)
-                self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, past_key_values=p_cache,
-                           use_cache=True, **self._keep)
+                self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
+                           **with_cache(self.model, p_cache), **self._keep)
                 state = _CascadeState([layer.keys for layer in p_cache.layers],
                                       [layer.values for layer in p_cache.layers], p_mask.bool(), which)
             else:
-                self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, past_key_values=cache,
-                           use_cache=True, **self._keep)
+                self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
+                           **with_cache(self.model, cache), **self._keep)
                 cache.batch_select_indices(which)
                 mask = p_mask[which]
 

@@ -34,6 +34,7 @@ import torch
 from knowpack.errors import KnowpackError
 from knowpack.evaluate.mc import score_mc
 from knowpack.io import write_json, write_jsonl, write_text
+from knowpack.models import output_cache, with_cache
 from knowpack.world.corpus import epoch_documents
 from knowpack.world.generate import (RELATIONS, World, WorldConfig, bucket_of, generate_world,
                                      normalize)
@@ -83,7 +84,7 @@ def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             last = last + 1
             out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last,
-                        past_key_values=out.past_key_values, use_cache=True)
+                        use_cache=True, **with_cache(model, output_cache(out)))
         for row in torch.stack(steps, 1).tolist():
             cut = next((k for k, t in enumerate(row) if t in (newline, tokenizer.eos_token_id)), len(row))
             answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())

@@ -41,6 +41,7 @@ from knowpack import __version__
 from knowpack.errors import InputError, KnowpackError
 from knowpack.io import write_bytes
 from knowpack.methods.loki import arch
+from knowpack.models import output_cache, with_cache
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ def _prefix_one(model: torch.nn.Module, ids: list[int], num_layers: int) -> list
     with torch.no_grad():
         out = arch.decoder_model(model)(input_ids=torch.tensor([ids[:-1]], device=_device(model)),
                                         use_cache=True)
-    return [_cache_kv(out.past_key_values, j) for j in range(num_layers)]
+    return [_cache_kv(output_cache(out), j) for j in range(num_layers)]
 
 
 def _key_mask(lengths: list[int], longest: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -318,7 +319,7 @@ def _prefix(model: torch.nn.Module, id_lists: list[list[int]], num_layers: int, 
     mask = _key_mask(lengths, longest, dtype, dev)
     layers = []
     for j in range(num_layers):
-        keys, values = _cache_kv(out.past_key_values, j)
+        keys, values = _cache_kv(output_cache(out), j)
         layers.append((keys.masked_fill(pad, 0), values.masked_fill(pad, 0), mask))
     return layers
 
@@ -340,8 +341,8 @@ def _row_mask(key_mask: torch.Tensor | None, rows: int, dtype: torch.dtype,
 def _run_layer(layer, h, prefix, pos, cos_sin, dtype):
     keys, values, key_mask = prefix
     mask = _row_mask(key_mask, h.shape[1], dtype, h.device)
-    out = layer(h, attention_mask=mask, position_ids=pos, past_key_values=_PrefixCache(keys, values),
-                use_cache=True, position_embeddings=cos_sin)
+    out = layer(h, attention_mask=mask, position_ids=pos, use_cache=True, position_embeddings=cos_sin,
+                **with_cache(layer, _PrefixCache(keys, values)))
     return out[0] if isinstance(out, tuple) else out
 
 

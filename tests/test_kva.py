@@ -295,9 +295,9 @@ def test_encode_prompt_does_not_double_bos():
     class Tok:
         bos_token, bos_token_id = "<s>", 1
 
-        def __call__(self, text):
-            ids = [1] + [ord(c) for c in text.replace("<s>", "\x01")]
-            return {"input_ids": [1 if i == 1 else i for i in ids]}
+        def __call__(self, text, add_special_tokens=True):
+            ids = [1] * add_special_tokens + [ord(c) for c in text.replace("<s>", "\x01")]
+            return {"input_ids": ids}
 
     assert encode_prompt(Tok(), "ab") == [1, 97, 98]
     assert encode_prompt(Tok(), "<s>ab") == [1, 97, 98]

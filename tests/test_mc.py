@@ -104,3 +104,23 @@ def test_auto_scoring_uses_continuation_only_for_the_world_benchmark():
     assert mc_scoring(auto, "mmlu_local") == "letter"
     assert mc_scoring(EvalSettings(mc_scoring="letter"), WORLD_MC) == "letter"
     assert mc_scoring(EvalSettings(mc_scoring="continuation"), "mmlu_local") == "continuation"
+
+
+def test_chat_templated_context_gets_one_bos():
+    """A chat template writes the BOS text itself (Llama-3 does); tokenising it with the special tokens
+    again would put two BOS tokens in front of every MC prompt."""
+    from tokenizers import processors
+
+    from knowpack.evaluate.mc import _split
+
+    tok = tiny_tokenizer()
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    tok.chat_template = ("{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant] {% endif %}")
+    plain, _ = _split(tok, "Question: x\nAnswer:", " y")
+    assert plain[0] == bos and plain.count(bos) == 1  # a plain prompt still gets its BOS
+    prompt = format_mmlu("Where?", ["a", "b", "c", "d"], "geo", tok)
+    assert prompt.startswith("<s>")
+    ctx, cont = _split(tok, prompt, "A")
+    assert ctx.count(bos) == 1 and ctx[0] == bos and bos not in cont

@@ -84,6 +84,19 @@ def output_cache(output: Any) -> Any:
     return getattr(output, "cache" if "cache" in fields else "past_key_values")
 
 
+def special_tokens_for(tokenizer: Any, text: str) -> bool:
+    """Whether `text` should be tokenised with the tokenizer's special tokens: yes, unless it already
+    starts with the BOS token's text, as chat templates write it (Llama-3's `<|begin_of_text|>`,
+    Mistral's `<s>`), where a second BOS would be prepended."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (isinstance(bos, str) and bos and text.startswith(bos))
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text`, with exactly one BOS where the tokenizer adds one (see `special_tokens_for`)."""
+    return list(tokenizer(text, add_special_tokens=special_tokens_for(tokenizer, text))["input_ids"])
+
+
 def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
 

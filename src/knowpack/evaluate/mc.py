@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from knowpack.errors import InputError
+from knowpack.models import special_tokens_for
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,9 @@ def load_mc(path: str | Path) -> list[dict[str, Any]]:
 def _split(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
     stripped = context.rstrip(" ")
     continuation = context[len(stripped):] + continuation
-    ctx = tokenizer(stripped)["input_ids"]
-    full = tokenizer(stripped + continuation)["input_ids"]
+    special = special_tokens_for(tokenizer, stripped)  # a chat-templated context holds its own BOS
+    ctx = tokenizer(stripped, add_special_tokens=special)["input_ids"]
+    full = tokenizer(stripped + continuation, add_special_tokens=special)["input_ids"]
     if full[:len(ctx)] != ctx:  # a merge across the boundary: score the continuation alone
         return ctx, tokenizer(continuation, add_special_tokens=False)["input_ids"]
     return ctx, full[len(ctx):]

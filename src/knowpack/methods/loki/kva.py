@@ -41,7 +41,7 @@ from knowpack import __version__
 from knowpack.errors import InputError, KnowpackError
 from knowpack.io import write_bytes
 from knowpack.methods.loki import arch
-from knowpack.models import output_cache, with_cache
+from knowpack.models import encode_text, output_cache, with_cache
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +146,9 @@ def load_attribution_prompts(path: str | Path, tokenizer: Any = None) -> tuple[l
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
-    """Token ids with the tokenizer's default special tokens (BOS if it adds one), text verbatim.
-
-    A prompt that already starts with the BOS text (chat templates often write it) does not get a
-    second BOS.
-    """
-    ids = list(tokenizer(text)["input_ids"])
-    bos_id, bos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "bos_token", None)
-    if bos_id is not None and bos and len(ids) >= 2 and ids[0] == ids[1] == bos_id and text.startswith(bos):
-        ids = ids[1:]
+    """Token ids with the tokenizer's default special tokens (BOS if it adds one), text verbatim; a
+    prompt that already starts with the BOS text (chat templates write it) gets no second one."""
+    ids = encode_text(tokenizer, text)
     if not ids:
         raise KnowpackError(f"attribution prompt {text[:40]!r} tokenises to no tokens")
     return ids

@@ -90,7 +90,7 @@ def test_sweep_report_skips_torn_line_and_writes_pngs(tmp_path, records):
     text = path.read_text()
     assert path == tmp_path / "report.md"
     assert "4 finished runs in 3 conditions" in text and "1 record(s) without metrics were skipped" in text
-    assert "0.900 ± 0.141 (n=2) [paper 0.98]" in text and "Table 3" in text and "not included" in text
+    assert "0.900 ± 0.141 (n=2) [paper 0.98]" in text and "Table 3" in text and "[paper +0.067 / −0.172]" in text
     for name in ("reliability.png", "damage.png", "matched_reliability.png", "transitions.png"):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name

@@ -174,7 +174,9 @@ def table3(records: Sequence[Mapping[str, Any]]) -> str:
         pos = cell((headline(r, "positive_shift") for r in runs), sign=True, show_n=False)
         neg = cell((headline(r, "negative_shift") for r in runs), show_n=False)
         n = f" (n={len(runs)})" if show_n and len(runs) > 1 else ""
-        return (f"{pos} / −{neg}" if neg != DASH else f"{pos} / {DASH}") + n
+        ref = paper.kp_shift(cond.n_unknown, cond.mixing, cond.k) if cond.method == "lora" else None
+        ref_text = "" if ref is None else f" [paper +{ref['positive']:.3f} / −{ref['negative']:.3f}]"
+        return (f"{pos} / −{neg}" if neg != DASH else f"{pos} / {DASH}") + n + ref_text
 
     return _grid(records, render)
 
@@ -198,7 +200,8 @@ def benchmark_table(records: Sequence[Mapping[str, Any]]) -> str:
                          cell((x["relative"] for x in res), digits=2, scale=100, sign=True),
                          DASH if ref is None else f"{ref:.2f}%"])
     return md_table(["condition", "seeds", "benchmark", "base accuracy", "after", "absolute drop", "relative drop %",
-                     "LoKI paper: capability loss"], rows)
+                     "LoKI paper: capability loss (Llama-3.1-8B-Instruct on ToolACE, mean of 6 relative drops)"],
+                    rows)
 
 
 def _q(record: Mapping[str, Any], method: str) -> float | None:
@@ -280,16 +283,14 @@ def paper_table4() -> str:
     rows = []
     for key, v in paper.KP_TABLE4.items():
         label = "base model" if key is None else Condition("lora", *key).label
-        rows.append([label, fmt(int(v["refused"])), fmt(int(v["unique"])), f"{v['mean']:.2f} ({v['variance']:.2f})"])
-    return md_table(["setting", "refused", "unique answers", "mean (variance) answer frequency"], rows)
+        rows.append([label, fmt(int(v["refused"])), fmt(int(v["unique"])), f"{v['mean']:.2f} ({v['std']:.2f})"])
+    return md_table(["setting", "refused", "unique answers",
+                     "mean (std) answer frequency [the paper heads it 'Mean (Variance)']"], rows)
 
 
 def paper_loki() -> str:
-    rows = [[k, f"{v:.2f}%"] for k, v in paper.LOKI_CAPABILITY_LOSS_PCT.items()]
-    rows += [[f"zeroing {k} rows", f"{v:.2f}%"] for k, v in paper.LOKI_ZEROING_PCT.items()]
-    rows += [[f"{k} selection", " / ".join(f"{x:.2f}%" for x in v)] for k, v in paper.LOKI_SELECTION_PCT.items()]
-    rows.append(["KVA time per sample (8B, RTX 4090)", f"{paper.LOKI_KVA_SECONDS_PER_SAMPLE} s"])
-    return md_table(["LoKI paper setting", "general-capability loss"], rows)
+    return md_table(["LoKI paper setting", "model, task", "where", "general-capability loss"],
+                    paper.loki_reference_rows())
 
 
 # --- whole reports -------------------------------------------------------------------------------
@@ -387,7 +388,10 @@ def run_report_md(metrics: Mapping[str, Any], config: Mapping[str, Any] | None =
     if shift:
         parts += [transition_md(shift), _fields(shift), *_explain(shift),
                   "Moves: " + (", ".join(f"{k} {v}" for k, v in shift.get("moves", {}).items()) or "none") + "."]
-    parts += [f"Paper: {paper.KP_TABLE3_NOTE}."]
+    ref3 = paper.kp_shift(cond.n_unknown, cond.mixing, cond.k) if cond.method == "lora" else None
+    parts += [f"Paper (Table 3, LoRA on Llama-3.1-8B-Instruct, same n_unknown and mixing): positive shift "
+              f"{ref3['positive']:.3f}, negative shift {ref3['negative']:.3f} (three categories, no WeaklyKnown)."
+              if ref3 is not None else "Paper: no Table 3 cell for this setting."]
     col = metrics.get("answer_collapse") or {}
     parts += ["## Answer collapse (evaluation facts)"]
     for side in ("before", "after"):
@@ -408,8 +412,9 @@ def run_report_md(metrics: Mapping[str, Any], config: Mapping[str, Any] | None =
         parts.append(_section(name, b))
     loss = paper.loki_capability_loss(cond.method, _q(record, cond.method))
     if loss is not None:
-        parts.append(f"LoKI paper, general-capability loss of {cond.method} on Llama-3.1-8B: {loss:.2f}% "
-                     "(compare with the relative drop × 100).")
+        parts.append(f"LoKI paper (Table 2), general-capability loss of {cond.method} on Llama-3.1-8B-Instruct "
+                     f"fine-tuned on ToolACE: {loss:.2f}% ({paper.LOKI_CAPABILITY_DEFINITION}; compare with the "
+                     "mean of the relative drops × 100).")
     parts += ["## Capacity", _section("Bits per trainable parameter", metrics.get("capacity"))]
     if plots:
         parts += ["## Plots", *[f"![{p}]({p})" for p in plots]]
@@ -444,6 +449,6 @@ def sweep_report_md(records: Sequence[Mapping[str, Any]], plots: Sequence[str] =
               f"Knowledge packing, Table 2 (reliability; {paper.KP_SETUP}):", paper_table2(),
               "Knowledge packing, Table 4 (refusals and answer diversity over the paper's 21,036-question test set; "
               "absolute counts, not comparable in scale with ours):", paper_table4(),
-              "LoKI (general-capability loss on Llama-3.1-8B):", paper_loki(),
+              f"LoKI (general-capability loss = {paper.LOKI_CAPABILITY_DEFINITION}):", paper_loki(),
               "## Sources", _sources()]
     return "\n\n".join(parts) + "\n"

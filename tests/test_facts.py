@@ -222,8 +222,8 @@ def test_crlf_bom_and_unicode_line_separators(tmp_path: Path) -> None:
 
 
 def test_formats_list() -> None:
-    assert set(FORMATS) == {"native", "head_to_tail", "zsre", "counterfact", "popqa", "triples", "parquet",
-                            "hf_dataset"}
+    assert set(FORMATS) == {"native", "head_to_tail", "zsre", "counterfact", "easyedit", "popqa", "triples",
+                            "parquet", "hf_dataset"}
 
 
 # ------------------------------------------------------------------------ bad input, one each

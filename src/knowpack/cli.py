@@ -120,7 +120,7 @@ def cmd_facts_check(args: argparse.Namespace) -> int:
     from knowpack.facts import format_summary, load_facts, summarize
 
     path = _facts_path(args.file)
-    facts = load_facts(path, args.format, templates=args.templates)
+    facts = load_facts(path, args.format, templates=args.templates, easyedit_answer=args.easyedit_answer)
     summary = summarize(facts)
     if args.json:
         _out(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -144,7 +144,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     settings = load_config(ProbeSettings, args.config, overrides)
     cfg = RunConfig(model=args.model, probe=settings, cache_dir=args.cache_dir)
-    facts = load_facts(_facts_path(args.facts), args.format)
+    facts = load_facts(_facts_path(args.facts), args.format, easyedit_answer=args.easyedit_answer)
     probed = facts.sample(args.limit, settings.seed) if args.limit else facts
     out = Path(args.out)
     backend, model_id = None, None
@@ -379,7 +379,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from knowpack.facts import FORMATS
+    from knowpack.facts import EASYEDIT_ANSWERS, FORMATS
     from knowpack.methods.loki.kva import METHODS as KVA_METHODS
     from knowpack.methods.loki.select import STRATEGIES
 
@@ -421,9 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = fsub.add_parser("check", help="validate a fact file and print a summary (exit 2 with file/line/field "
                                       "on bad input)")
     p.set_defaults(func=cmd_facts_check)
-    p.add_argument("file", help="fact file: native JSONL, Head-to-Tail, ZsRE, CounterFact, PopQA, Parquet, HF dir")
+    p.add_argument("file", help="fact file: native JSONL, Head-to-Tail, ZsRE, CounterFact, EasyEdit/KnowEdit, "
+                                "PopQA/EntityQuestions, Parquet, HF dir")
     p.add_argument("--format", default="auto", choices=FACT_FORMATS, help="input format (default: detect)")
     p.add_argument("--templates", help="relation template YAML for triples without questions")
+    p.add_argument("--easyedit-answer", default=EASYEDIT_ANSWERS[0], choices=EASYEDIT_ANSWERS,
+                   help="EasyEdit/KnowEdit records: the answer trained on (default: target_new, the edit)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = add("probe", cmd_probe, "probe what a model knows: SliCK category of every fact",
@@ -432,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--facts", required=True, help="fact file ('world' = the embedded world's facts)")
     p.add_argument("--format", default="auto", choices=FACT_FORMATS, help="fact file format (default: detect)")
+    p.add_argument("--easyedit-answer", default=EASYEDIT_ANSWERS[0], choices=EASYEDIT_ANSWERS,
+                   help="EasyEdit/KnowEdit records: the answer trained on (default: target_new, the edit)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--adapter", help="probe the model with this adapter (RUN/adapter) applied; with --backend "
                                      "vllm it is merged first into OUT/merged-model")

@@ -26,7 +26,7 @@ from knowpack.compose import ComposeSettings, Composition, compose
 from knowpack.config import config_hash, save_config, to_dict
 from knowpack.errors import KnowpackError
 from knowpack.evaluate.stage import EvalSettings
-from knowpack.facts import FORMATS, FactSet
+from knowpack.facts import EASYEDIT_ANSWERS, FORMATS, FactSet
 from knowpack.io import write_json, write_jsonl
 from knowpack.probe.slick import (ProbeSettings, answer_zero_shot, load_probe_cache, model_fingerprint,
                                   probe_facts, save_probe_cache, summarize_probe)
@@ -44,6 +44,9 @@ class RunConfig:
     facts: str = field(default=WORLD, metadata={"help": "fact file (any supported format) or 'world'"})
     facts_format: str = field(default="auto", metadata={"choices": ("auto", *FORMATS),
                                                         "help": "fact file format; auto detects it"})
+    facts_easyedit_answer: str = field(default=EASYEDIT_ANSWERS[0], metadata={
+        "choices": EASYEDIT_ANSWERS,
+        "help": "EasyEdit/KnowEdit facts: train on the edit (target_new) or on the true answer (ground_truth)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
@@ -131,7 +134,7 @@ def environment(cfg: RunConfig) -> dict[str, Any]:
 def load_run_facts(cfg: RunConfig) -> FactSet:
     from knowpack.facts.loaders import load_facts
 
-    return load_facts(facts_path(cfg), cfg.facts_format)
+    return load_facts(facts_path(cfg), cfg.facts_format, easyedit_answer=cfg.facts_easyedit_answer)
 
 
 def probe_facts_of(cfg: RunConfig, facts: FactSet) -> FactSet:

@@ -6,8 +6,9 @@ the evaluation sample (same prompts as the base probe), zero-shot answers to the
 and to their held-out paraphrases, and the benchmarks again. `compute_metrics` turns them into
 `metrics.json`.
 
-Benchmarks: `mc` files are MMLU-format, scored by letter likelihood or by choice-text continuation
-(`mc_scoring`; `auto`: continuation for the world's MC set, letter otherwise); `qa` files hold
+Benchmarks: `mc` files are MMLU-format (JSONL, MMLU's own CSVs or a directory of them, TruthfulQA's CSV
+as MC1; evaluate/mc.py `load_mc`), scored by letter likelihood or by choice-text continuation
+(`mc_scoring`; `auto`: continuation for the world's MC set and TruthfulQA, letter otherwise); `qa` files hold
 `question`/`answers` rows answered zero-shot. `auto` means the embedded world's benchmarks when the
 model is the world, and none otherwise. `harness` names lm-evaluation-harness tasks (the `eval`
 extra, evaluate/harness.py), scored as `lm_eval:<task>` beside the others; off by default, since
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from knowpack.evaluate import harness
-from knowpack.evaluate.mc import load_mc, score_mc
+from knowpack.evaluate.mc import check_scoring, load_mc, score_mc, wants_continuation
 from knowpack.facts import Fact, FactSet
 from knowpack.io import read_json, read_jsonl, write_json
 from knowpack.probe.match import is_refusal, matches
@@ -41,7 +42,8 @@ WORLD_MC = "world_mc"
 @dataclass
 class EvalSettings:
     mc: list[str] = field(default_factory=lambda: ["auto"], metadata={
-        "help": "MMLU-format JSONL benchmarks; 'auto': the world's MC benchmark for the world model"})
+        "help": "multiple-choice benchmarks: MMLU-format JSONL, MMLU's CSVs (a file or a directory of them), "
+                "TruthfulQA's CSV (MC1); 'auto': the world's MC benchmark for the world model"})
     qa: list[str] = field(default_factory=lambda: ["auto"], metadata={
         "help": "question/answers JSONL benchmarks answered zero-shot; 'auto': the world's skill benchmarks"})
     refusal: str | None = field(default="auto", metadata={
@@ -49,8 +51,8 @@ class EvalSettings:
     mc_scoring: Literal["auto", "letter", "continuation"] = field(default="auto", metadata={
         "help": "letter: likeliest answer letter after the MMLU prompt (lm-eval's mmlu); continuation: likeliest "
                 "choice text after 'Question: …\\nAnswer:' (lm-eval's mmlu_continuation style); auto: continuation "
-                "for the embedded world's MC benchmark (its tiny model never learnt the letter format), letter "
-                "for every other file"})
+                "for the embedded world's MC benchmark (its tiny model never learnt the letter format) and for "
+                "TruthfulQA (lm-eval's truthfulqa_mc1), letter for every other file"})
     paraphrases: bool = field(default=True, metadata={"help": "measure generalisation on held-out paraphrases"})
     limit: int | None = field(default=None, metadata={"min": 1, "help": "questions per benchmark (seeded sample)"})
     exploded_share: float = field(default=0.05, metadata={"min": 0, "max": 1})
@@ -111,6 +113,8 @@ def resolve_benchmarks(settings: EvalSettings, model: str, world_dir: Path | Non
     mc_world = [wb / "mc.jsonl"] if wb and (wb / "mc.jsonl").exists() else []
     qa_world = sorted(p for p in wb.glob("*.jsonl") if p.name != "mc.jsonl") if wb and wb.exists() else []
     mc = {p.stem if p not in mc_world else WORLD_MC: sample(load_mc(p)) for p in files(settings.mc, mc_world)}
+    for name, rows in mc.items():  # a scoring the rows cannot take fails here, before any training
+        mc_scoring(settings, name, rows)
     qa = {p.stem: sample(_load_qa(p)) for p in files(settings.qa, qa_world)}
     refusal: list[Fact] = []
     if settings.refusal:
@@ -133,18 +137,21 @@ def _load_qa(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def mc_scoring(settings: EvalSettings, name: str) -> str:
-    """How benchmark `name` is scored: the setting, or for `auto` continuation on the world's MC set."""
+def mc_scoring(settings: EvalSettings, name: str, rows: list[dict[str, Any]] | None = None) -> str:
+    """How benchmark `name` is scored: the setting, or for `auto` continuation on the world's MC set and on
+    files whose `rows` need it (TruthfulQA MC1, not 4 choices), letter otherwise. Letter scoring of rows
+    that need continuation is refused."""
     if settings.mc_scoring != "auto":
+        check_scoring(rows or [], settings.mc_scoring, name)
         return settings.mc_scoring
-    return "continuation" if name == WORLD_MC else "letter"
+    return "continuation" if name == WORLD_MC or wants_continuation(rows or []) else "letter"
 
 
 def score_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSettings) -> dict[str, Any]:
     """Accuracy on every benchmark, plus the refusal rate on the refusal facts."""
     out: dict[str, Any] = {}
     for name, rows in bench.mc.items():
-        res = score_mc(model, tok, rows, batch_size=settings.batch_size, scoring=mc_scoring(settings, name))
+        res = score_mc(model, tok, rows, batch_size=settings.batch_size, scoring=mc_scoring(settings, name, rows))
         out[name] = {"accuracy": res["accuracy"], "n": res["n"], "kind": "mc", "scoring": res["scoring"],
                      "definition": res["definition"]}
         if "accuracy_norm" in res:
@@ -183,7 +190,7 @@ def score_harness(model: Any, tok: Any, tasks: list[tuple[str, int | None]], set
 def cached_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSettings, model_id: str,
                       cache_dir: Path) -> dict[str, Any]:
     key: dict[str, Any] = {"model": model_id, "mc": bench.mc, "qa": bench.qa,
-                           "mc_scoring": {name: mc_scoring(settings, name) for name in bench.mc},
+                           "mc_scoring": {name: mc_scoring(settings, name, rows) for name, rows in bench.mc.items()},
                            "refusal": [f.to_dict() for f in bench.refusal]}
     if bench.harness:  # only then, so runs without lm-eval keep their cache keys
         key["harness"] = {"tasks": bench.harness, "limit": settings.harness_limit,

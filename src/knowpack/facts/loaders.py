@@ -3,128 +3,67 @@
     facts = load_facts("facts.jsonl")                           # format detected: native
     facts = load_facts("zsre_eval.json", "zsre")
     facts = load_facts("triples.csv", templates="relations.yaml")
+    facts = load_facts("knowedit.json", easyedit_answer="ground_truth")
 
 Formats (SPEC §1): ``native`` JSONL; ``head_to_tail`` (``question``, ``answer.aliases``,
-``answer.normalized_aliases``); EasyEdit ``zsre`` and ``counterfact`` JSON; ``popqa`` /
-EntityQuestions CSV or JSON (``question``, ``possible_answers`` or ``answers``); ``parquet`` files
-and ``hf_dataset`` (``save_to_disk``) directories with the native columns, read with pyarrow; and
-``triples`` (``subject``, ``relation``, ``object``) turned into questions by a relation template file.
+``answer.normalized_aliases``); ``zsre`` (MEND's eval JSON: ``src``, ``answers``, ``rephrase``,
+``loc``, ``loc_ans``) and ``counterfact`` (ROME's layout: ``requested_rewrite`` with a ``{}`` prompt
+and ``target_true``, which is the answer; ``target_new`` stays in meta); ``easyedit`` (EasyEdit and
+KnowEdit flat records, below); ``popqa`` / EntityQuestions CSV, TSV or JSON (``question``,
+``possible_answers`` or ``answers``; PopQA's ``subj``, ``prop``, ``obj``, ``s_pop`` become subject,
+relation, object and popularity; an EntityQuestions file such as ``P19.test.json`` carries its
+relation only in its name, which becomes the relation ``P19``); ``parquet`` files and ``hf_dataset``
+(``save_to_disk``) directories with the native columns, read with pyarrow; and ``triples``
+(``subject``, ``relation``, ``object``) turned into questions by a relation template file.
 
-Reading is two steps: a *container* reader (JSONL, JSON array, CSV, Parquet, Arrow directory) yields
-raw rows with their location, and a *schema* converter turns each row into a Fact. Every bad row
-raises InputError naming the file, the line (JSONL line, the line where a JSON array item starts,
-the CSV line, or the table row) and the field; nothing is skipped silently.
+EasyEdit / KnowEdit records hold ``prompt`` (the question; a ``{}`` in it is replaced by
+``subject``), ``target_new`` (the edit), ``ground_truth`` (the true answer: a string, a list of
+aliases, or KnowEdit's list of alias lists, flattened in order), ``subject``, ``rephrase_prompt``
+(or ``rephrase``: paraphrases), and ``locality_prompt`` / ``locality_ground_truth``, ``locality`` and
+``portability`` (nested dicts of lists of records), which stay in meta with every other field. Which
+answer is trained on is a choice, ``easyedit_answer``: ``target_new`` (default, since these are edit
+data sets: the model is taught the new answer) or ``ground_truth`` (recall of the true answer). The
+answer not chosen is kept in meta under its own name and never accepted as an alias. In a run
+config the option is ``facts_easyedit_answer``; on the command line ``--easyedit-answer``.
+
+A file that is a multiple-choice benchmark (MMLU in any of its layouts, TruthfulQA, rows with
+``choices``) is refused, naming the option that takes it (``eval.mc``), rather than misread as facts;
+so is a file whose fields fit no format, with what each format needs.
+
+Reading is two steps: a *container* reader here (JSONL, JSON array, CSV or TSV, Parquet, Arrow
+directory) yields raw rows with their location, and a *schema* converter (facts/schemas.py) turns
+each row into a Fact. Every bad row raises InputError naming the file, the line (JSONL line, the
+line where a JSON array item starts, the CSV line, or the table row) and the field; nothing is
+skipped silently.
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
+import functools
 import io
 import json
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from knowpack.errors import InputError
 from knowpack.facts.model import Fact, FactSet
+from knowpack.facts.schemas import (_BENCHMARK_HINT, _NEEDS, _SCHEMAS, EASYEDIT_ANSWERS, _check_values, _easyedit,
+                                    _headerless_mmlu, _json_limit, _json_loads, _kind, _object, _Reader,
+                                    _refuse_benchmark, _Row, _schema_of)
 from knowpack.facts.templates import RelationTemplates, load_templates, templates_from_mapping
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "load_facts", "detect_format"]
+__all__ = ["FORMATS", "EASYEDIT_ANSWERS", "load_facts", "detect_format"]
 
-FORMATS = ("native", "head_to_tail", "zsre", "counterfact", "popqa", "triples", "parquet", "hf_dataset")
-NATIVE_FIELDS = ("id", "question", "answers", "subject", "relation", "object", "paraphrases", "popularity", "meta")
+FORMATS = ("native", "head_to_tail", "zsre", "counterfact", "easyedit", "popqa", "triples", "parquet",
+           "hf_dataset")
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 TemplatesArg = RelationTemplates | Mapping[str, Any] | str | Path | None
-
-
-@dataclass
-class _Row:
-    data: dict[str, Any]
-    line: int | None
-    note: str | None = None  # "array index 3" (JSON arrays) or "table row 3" (Parquet/Arrow), 0-based
-    encoded: bool = False  # CSV cells and table columns may hold lists/objects as JSON strings
-
-    def where(self) -> str:
-        return f"line {self.line}" if self.line is not None else (self.note or "?")
-
-
-class _Reader:
-    """Error helper bound to one file."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.name = str(path)
-
-    def error(self, message: str, row: _Row | None = None, field: str | None = None,
-              line: int | None = None) -> InputError:
-        if row is not None:
-            line = row.line
-            if row.note:
-                message = f"{row.note}: {message}"
-        return InputError(message, path=self.name, line=line, field=field)
-
-
-class _Obj(dict):
-    """A JSON object that remembers keys given twice (json keeps only the last value of each)."""
-
-    repeated: tuple[str, ...] = ()
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = _Obj(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        obj.repeated = tuple(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-    return obj
-
-
-def _json_loads(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=_object)
-
-
-def _json_limit(exc: Exception) -> str:
-    """What went wrong when valid-looking JSON still cannot be read (not a syntax error)."""
-    if isinstance(exc, RecursionError):
-        return "invalid JSON: nested too deeply"
-    return f"invalid JSON: {str(exc).split(';')[0]}"  # e.g. an integer of more than 4300 digits
-
-
-def _valid_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # a lone surrogate, from an escape such as "\ud800"
-        return False
-
-
-def _check_values(rd: "_Reader", row: "_Row", value: Any, field: str | None = None) -> None:
-    """Reject keys given twice and strings that are not valid Unicode, naming the field (iterative walk)."""
-    stack: list[tuple[str | None, Any]] = [(field, value)]
-    while stack:
-        where, item = stack.pop()
-        if isinstance(item, str):
-            if not _valid_unicode(item):
-                bad = next(c for c in item if 0xD800 <= ord(c) <= 0xDFFF)
-                raise rd.error(f"holds an unpaired surrogate \\u{ord(bad):04x}, which is not valid Unicode; fix "
-                               "the escape sequence", row, where)
-        elif isinstance(item, dict):
-            repeated = getattr(item, "repeated", ())
-            if repeated:
-                raise rd.error("this key is given twice in one object; keep one", row,
-                               f"{where}.{repeated[0]}" if where else repeated[0])
-            for key, sub in item.items():
-                name = f"{where}.{key}" if where else str(key)
-                if not _valid_unicode(str(key)):
-                    raise rd.error("a key holds an unpaired surrogate, which is not valid Unicode", row, where)
-                stack.append((name, sub))
-        elif isinstance(item, (list, tuple)):
-            stack.extend((f"{where}[{i}]", sub) for i, sub in enumerate(item))
 
 
 # ------------------------------------------------------------------------------ containers
@@ -231,7 +170,10 @@ def _json_rows(rd: _Reader, text: str) -> Iterator[_Row]:
 
 
 def _csv_rows(rd: _Reader, text: str) -> Iterator[_Row]:
-    delimiter = "\t" if rd.path.suffix.lower() == ".tsv" else ","
+    first_line = text.split("\n", 1)[0]
+    # PopQA's TSV is sometimes saved as .csv: tabs and no commas in the header mean tab-separated
+    tabs = rd.path.suffix.lower() == ".tsv" or ("\t" in first_line and "," not in first_line)
+    delimiter = "\t" if tabs else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
@@ -240,6 +182,10 @@ def _csv_rows(rd: _Reader, text: str) -> Iterator[_Row]:
     header = [h.strip() for h in header]
     if not any(header):
         raise rd.error("the CSV header is empty", line=1)
+    if _headerless_mmlu(header):
+        raise rd.error(_BENCHMARK_HINT.format(what="MMLU in its original CSV layout (no header; question, four "
+                                                   "choices, answer letter)", where=f"pass it as eval.mc=[{rd.name}]"),
+                       line=1)
     dup = next((h for i, h in enumerate(header) if h in header[:i]), None)
     if dup:
         raise rd.error(f"column '{dup}' appears twice in the header", line=1, field=dup)
@@ -301,6 +247,9 @@ def _hf_dataset_rows(rd: _Reader) -> Iterator[_Row]:
         files = [directory / f["filename"] for f in state.get("_data_files", [])]
     else:
         files = sorted(directory.glob("*.arrow"))
+    if not files and any(re.search(r"_(test|val|dev)\.csv$", p.name) for p in directory.glob("*.csv")):
+        raise rd.error(_BENCHMARK_HINT.format(what="MMLU's original archive (one CSV per subject)",
+                                              where=f"pass it as eval.mc=[{rd.name}]"))
     if not files:
         raise rd.error("no Arrow data files (state.json or *.arrow) found; expected a directory written by "
                        "datasets' save_to_disk")
@@ -347,257 +296,6 @@ def _read_rows(rd: _Reader, container: str) -> Iterator[_Row]:
     return _json_rows(rd, text)
 
 
-# ------------------------------------------------------------------------------- fields
-
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    shown = json.dumps(value, ensure_ascii=False, default=str)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    return f"{names.get(type(value), type(value).__name__)} {shown}"
-
-
-def _get(rd: _Reader, row: _Row, data: Mapping[str, Any], key: str, field: str, required: bool) -> Any:
-    value = data.get(key)
-    if value is None and required:
-        what = "is null" if key in data else "is missing"
-        raise rd.error(f"required field {what}", row, field)
-    return value
-
-
-def _string(rd: _Reader, row: _Row, data: Mapping[str, Any], key: str, field: str | None = None,
-            required: bool = True) -> str | None:
-    field = field or key
-    value = _get(rd, row, data, key, field, required)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        fix = f'; write "{value}"' if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-        raise rd.error(f"expected a string, got {_kind(value)}{fix}", row, field)
-    if required and not value.strip():
-        raise rd.error("is an empty string", row, field)
-    return value
-
-
-def _strings(rd: _Reader, row: _Row, value: Any, field: str, nonempty: bool) -> tuple[str, ...]:
-    value = _decoded(rd, row, value, field, "[")  # e.g. PopQA's possible_answers
-    if isinstance(value, str):
-        raise rd.error(f"expected a list of strings, got {_kind(value)}; write [{json.dumps(value)}]", row, field)
-    if not isinstance(value, (list, tuple)):
-        raise rd.error(f"expected a list of strings, got {_kind(value)}", row, field)
-    if nonempty and not value:
-        raise rd.error('the list is empty; give at least one answer, e.g. ["Paris"]', row, field)
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise rd.error(f"expected a string, got {_kind(item)}", row, f"{field}[{i}]")
-        if not item.strip():
-            raise rd.error("empty string; remove it or fill it in (empty aliases would never match)",
-                           row, f"{field}[{i}]")
-    return tuple(value)
-
-
-def _decoded(rd: _Reader, row: _Row, value: Any, field: str, opener: str) -> Any:
-    if row.encoded and isinstance(value, str) and value.lstrip().startswith(opener):
-        kind = "list" if opener == "[" else "object"
-        try:
-            decoded = _json_loads(value)
-        except json.JSONDecodeError as exc:
-            raise rd.error(f"not a valid JSON {kind} (column {exc.colno}: {exc.msg})", row, field) from None
-        except (ValueError, RecursionError) as exc:
-            raise rd.error(f"not a valid JSON {kind} ({_json_limit(exc)})", row, field) from None
-        _check_values(rd, row, decoded, field)
-        return decoded
-    return value
-
-
-def _meta(rd: _Reader, row: _Row) -> dict[str, Any]:
-    meta = _decoded(rd, row, row.data.get("meta"), "meta", "{")
-    if meta is not None and not isinstance(meta, dict):
-        raise rd.error(f"expected an object {{...}}, got {_kind(meta)}", row, "meta")
-    return dict(meta or {})
-
-
-def _integer(rd: _Reader, row: _Row, value: Any, field: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, str):  # CSV cells
-        try:
-            value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            raise rd.error(f"expected an integer, got {_kind(value)}", row, field) from None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise rd.error(f"expected an integer, got {_kind(value)}", row, field)
-    return value
-
-
-def _dedupe(values: list[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(v for v in values if v.strip()))
-
-
-def _derived_id(prefix: str, *parts: str) -> str:
-    return f"{prefix}-{hashlib.sha256(chr(0).join(parts).encode('utf-8')).hexdigest()[:12]}"
-
-
-def _id(rd: _Reader, row: _Row, data: Mapping[str, Any], keys: tuple[str, ...], prefix: str, *parts: str) -> str:
-    for key in keys:
-        value = data.get(key)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value).strip() == "":
-                raise rd.error(f"expected a non-empty string or integer id, got {_kind(value)}", row, key)
-            return str(value)
-    return _derived_id(prefix, *parts)
-
-
-# ------------------------------------------------------------------------------- schemas
-
-Converter = Callable[[_Reader, _Row, "RelationTemplates | None"], Fact]
-
-
-def _native(rd: _Reader, row: _Row, templates: RelationTemplates | None) -> Fact:
-    d = row.data
-    for key in d:
-        if key not in NATIVE_FIELDS:
-            close = difflib.get_close_matches(key, NATIVE_FIELDS, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(NATIVE_FIELDS)}"
-            raise rd.error(f"unknown field ({hint}); put extra data under 'meta'", row, key)
-    fact_id = _string(rd, row, d, "id")
-    if isinstance(d.get("id"), str) and d["id"] != d["id"].strip():
-        raise rd.error(f"id {d['id']!r} has leading or trailing spaces", row, "id")
-    meta = _meta(rd, row)
-    return Fact(
-        id=str(fact_id), question=str(_string(rd, row, d, "question")),
-        answers=_strings(rd, row, _get(rd, row, d, "answers", "answers", True), "answers", nonempty=True),
-        subject=_string(rd, row, d, "subject", required=False),
-        relation=_string(rd, row, d, "relation", required=False),
-        object=_string(rd, row, d, "object", required=False),
-        paraphrases=_strings(rd, row, d.get("paraphrases") or [], "paraphrases", nonempty=False),
-        popularity=_integer(rd, row, d.get("popularity"), "popularity"), meta=meta)
-
-
-def _head_to_tail(rd: _Reader, row: _Row, templates: RelationTemplates | None) -> Fact:
-    d = row.data
-    question = str(_string(rd, row, d, "question"))
-    answer = _get(rd, row, d, "answer", "answer", True)
-    if isinstance(answer, str):
-        answers = _strings(rd, row, [answer], "answer", nonempty=True)
-    elif isinstance(answer, dict):
-        value = _string(rd, row, answer, "value", "answer.value", required=False)
-        aliases = _strings(rd, row, answer.get("aliases") or [], "answer.aliases", nonempty=False)
-        normalized = _strings(rd, row, answer.get("normalized_aliases") or [], "answer.normalized_aliases",
-                              nonempty=False)
-        # normalised aliases only as a fallback: answer matching normalises anyway
-        answers = _dedupe(([value] if value else []) + list(aliases)) or _dedupe(list(normalized))
-        if not answers:
-            raise rd.error('no answer: give "aliases" (or "value"), e.g. {"aliases": ["Paris"]}', row,
-                           "answer.aliases")
-    else:
-        raise rd.error(f"expected an object with 'aliases' or a string, got {_kind(answer)}", row, "answer")
-    used = {"question", "answer", "id", "question_id", "subject", "relation", "object", "popularity"}
-    return Fact(id=_id(rd, row, d, ("id", "question_id"), "h2t", question, answers[0]), question=question,
-                answers=answers, subject=_string(rd, row, d, "subject", required=False),
-                relation=_string(rd, row, d, "relation", required=False),
-                object=_string(rd, row, d, "object", required=False),
-                popularity=_integer(rd, row, d.get("popularity"), "popularity"),
-                meta={k: v for k, v in d.items() if k not in used})
-
-
-def _zsre(rd: _Reader, row: _Row, templates: RelationTemplates | None) -> Fact:
-    d = row.data
-    question = str(_string(rd, row, d, "src"))
-    answers = _strings(rd, row, _get(rd, row, d, "answers", "answers", True), "answers", nonempty=True)
-    rephrase = _string(rd, row, d, "rephrase", required=False)
-    _string(rd, row, d, "loc", required=False)
-    used = {"src", "answers", "rephrase", "subject", "case_id", "id"}
-    return Fact(id=_id(rd, row, d, ("id", "case_id"), "zsre", question, answers[0]), question=question,
-                answers=answers, subject=_string(rd, row, d, "subject", required=False),
-                paraphrases=(rephrase,) if rephrase and rephrase.strip() and rephrase != question else (),
-                meta={k: v for k, v in d.items() if k not in used})
-
-
-def _counterfact(rd: _Reader, row: _Row, templates: RelationTemplates | None) -> Fact:
-    d = row.data
-    rw = _get(rd, row, d, "requested_rewrite", "requested_rewrite", True)
-    if not isinstance(rw, dict):
-        raise rd.error(f"expected an object, got {_kind(rw)}", row, "requested_rewrite")
-    prompt = str(_string(rd, row, rw, "prompt", "requested_rewrite.prompt"))
-    if "{}" not in prompt:
-        raise rd.error(f"prompt {prompt!r} has no {{}} where the subject goes", row, "requested_rewrite.prompt")
-    subject = str(_string(rd, row, rw, "subject", "requested_rewrite.subject"))
-    true = _get(rd, row, rw, "target_true", "requested_rewrite.target_true", True)
-    if not isinstance(true, dict):
-        raise rd.error(f'expected an object like {{"str": "Paris"}}, got {_kind(true)}', row,
-                       "requested_rewrite.target_true")
-    answer = str(_string(rd, row, true, "str", "requested_rewrite.target_true.str"))
-    paraphrases = _strings(rd, row, d.get("paraphrase_prompts") or [], "paraphrase_prompts", nonempty=False)
-    relation = _string(rd, row, rw, "relation_id", "requested_rewrite.relation_id", required=False)
-    meta = {k: v for k, v in d.items() if k not in ("requested_rewrite", "paraphrase_prompts")}
-    meta.update({k: v for k, v in rw.items() if k not in ("prompt", "subject", "target_true", "relation_id")})
-    meta["prompt_template"] = prompt
-    return Fact(id=_id(rd, row, d, ("id", "case_id"), "cf", prompt, subject, answer),
-                question=prompt.replace("{}", subject), answers=(answer,), subject=subject, relation=relation,
-                object=answer, paraphrases=paraphrases, meta=meta)
-
-
-def _popqa(rd: _Reader, row: _Row, templates: RelationTemplates | None) -> Fact:
-    d = row.data
-    question = str(_string(rd, row, d, "question"))
-    key = "answers" if "answers" in d and "possible_answers" not in d else "possible_answers"
-    answers = _strings(rd, row, _get(rd, row, d, key, key, True), key, nonempty=True)
-    used = {"id", "question", "possible_answers", "answers", "subj", "prop", "obj", "s_pop"}
-    return Fact(id=_id(rd, row, d, ("id",), "popqa", question, answers[0]), question=question, answers=answers,
-                subject=_string(rd, row, d, "subj", required=False),
-                relation=_string(rd, row, d, "prop", required=False),
-                object=_string(rd, row, d, "obj", required=False),
-                popularity=_integer(rd, row, d.get("s_pop"), "s_pop"),
-                meta={k: v for k, v in d.items() if k not in used})
-
-
-def _triple(rd: _Reader, row: _Row, templates: RelationTemplates | None) -> Fact:
-    d = row.data
-    subject = str(_string(rd, row, d, "subject"))
-    relation = str(_string(rd, row, d, "relation"))
-    obj = str(_string(rd, row, d, "object"))
-    if templates is None:
-        raise rd.error("these rows are triples without questions; pass a relation template file "
-                       "(load_facts(..., templates=FILE) or --templates FILE)", row)
-    if relation not in templates:
-        known = ", ".join(templates.relations()[:10])
-        close = difflib.get_close_matches(relation, templates.relations(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise rd.error(f"no template for relation '{relation}' in {templates.source or 'the templates'}{hint}; "
-                       f"add e.g.  {relation}: [\"... {{subject}} ...\"]  (defined: {known})", row, "relation")
-    question, paraphrases = templates.render(relation, subject)
-    aliases = d.get("aliases", d.get("answers")) or []
-    answers = _dedupe([obj, *_strings(rd, row, aliases, "aliases" if "aliases" in d else "answers", False)])
-    meta = _meta(rd, row)
-    return Fact(id=_id(rd, row, d, ("id",), "triple", subject, relation, obj), question=question, answers=answers,
-                subject=subject, relation=relation, object=obj, paraphrases=paraphrases,
-                popularity=_integer(rd, row, d.get("popularity"), "popularity"), meta=meta)
-
-
-_SCHEMAS: dict[str, Converter] = {"native": _native, "head_to_tail": _head_to_tail, "zsre": _zsre,
-                                  "counterfact": _counterfact, "popqa": _popqa, "triples": _triple}
-
-
-def _schema_of(fields: Mapping[str, Any], container: str) -> str | None:
-    keys = set(fields)
-    if "requested_rewrite" in keys:
-        return "counterfact"
-    if "src" in keys:
-        return "zsre"
-    if "possible_answers" in keys:
-        return "popqa"
-    if "answer" in keys and "question" in keys:
-        return "head_to_tail"
-    if "question" in keys and "answers" in keys:
-        # EntityQuestions JSON has no ids; native files are JSON Lines or tables with an id column
-        return "popqa" if container == "json" and "id" not in keys else "native"
-    if "question" not in keys and {"subject", "relation", "object"} <= keys:
-        return "triples"
-    return None
-
-
 # ---------------------------------------------------------------------------------- API
 
 def _resolve_templates(templates: TemplatesArg) -> RelationTemplates | None:
@@ -621,6 +319,7 @@ def _rows_and_schema(rd: _Reader, fmt: str) -> tuple[str, str, Iterator[_Row], _
     first = next(rows, None)
     if first is None:
         raise rd.error("the file holds no facts")
+    _refuse_benchmark(rd, first)  # even under an explicit format, which would misread it
     if fmt in _SCHEMAS:
         schema = fmt
     else:
@@ -628,22 +327,29 @@ def _rows_and_schema(rd: _Reader, fmt: str) -> tuple[str, str, Iterator[_Row], _
         if detected is None:
             fields = ", ".join(sorted(first.data)) or "none"
             raise rd.error(f"cannot tell the format from the fields ({fields}); pass format= one of "
-                           f"{', '.join(FORMATS)}", first)
+                           f"{', '.join(FORMATS)} (each needs — {_NEEDS})", first)
         schema = detected
     return container, schema, rows, first
 
 
-def load_facts(path: str | Path, format: str = "auto", *, templates: TemplatesArg = None) -> FactSet:
+def load_facts(path: str | Path, format: str = "auto", *, templates: TemplatesArg = None,
+               easyedit_answer: str = "target_new") -> FactSet:
     """Read facts from `path` in `format` (or detect it); `templates` turns triples into questions.
 
+    `easyedit_answer` picks the answer trained on in EasyEdit/KnowEdit records: ``target_new``
+    (the edit, default) or ``ground_truth`` (the true answer); other formats ignore it.
     The returned FactSet has ``source`` (the path) and ``format`` (the format read) set. Every
     malformed row raises InputError naming the file, the line and the field.
     """
     rd = _Reader(Path(path))
     _check_format(rd, format)
+    if easyedit_answer not in EASYEDIT_ANSWERS:
+        raise rd.error(f"unknown easyedit_answer '{easyedit_answer}'; choose one of {', '.join(EASYEDIT_ANSWERS)}")
     tpl = _resolve_templates(templates)
     container, schema, rows, first = _rows_and_schema(rd, format)
     convert = _SCHEMAS[schema]
+    if schema == "easyedit":
+        convert = functools.partial(_easyedit, answer=easyedit_answer)
     facts: list[Fact] = []
     seen: dict[str, _Row] = {}
     for row in _chain(first, rows):

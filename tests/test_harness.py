@@ -1,15 +1,26 @@
-"""The lm-evaluation-harness adapter, with a stand-in `lm_eval` package (lm-eval itself is an extra).
+"""The lm-evaluation-harness adapter, run on lm-eval itself (a dev dependency) and on a stand-in.
 
-The fake records what knowpack hands to `HFLM` and `simple_evaluate` and returns results laid out as
-lm-eval 0.4 lays them out (`results`/`groups`/`group_subtasks`/`n-shot`/`n-samples`, metrics keyed
-`metric,filter`), so these tests pin the adapter's contract with lm-eval without its data.
+Real lm-eval, offline: knowpack's own task `world_mc` (the embedded world's MC benchmark, local
+JSON) scores the world's base model and a LoRA-adapted one exactly as knowpack's continuation
+scoring does, item by item; errors raised where lm-eval loads task data are classified; a task whose
+data needs a download (truthfulqa_mc1) fails offline with knowpack's message.
+
+The stand-in `lm_eval` package stays for what cannot run here: MMLU and TruthfulQA need their data
+from the Hub. It records what knowpack hands to `HFLM` and `simple_evaluate` and returns results laid
+out as lm-eval 0.4 lays them out for those tasks (`results`/`groups`/`group_subtasks`/`n-shot`/
+`n-samples`, metrics keyed `metric,filter`, MMLU a group of groups), so the parsing of groups and the
+per-task shots are pinned without the data.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
+import logging
+import socket
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -22,10 +33,6 @@ from knowpack.evaluate import metrics as M
 MMLU = {"mmlu_formal_logic": (126, 0.40), "mmlu_philosophy": (311, 0.70), "mmlu_abstract_algebra": (100, 0.30)}
 GROUPS = {"mmlu_humanities": ["mmlu_formal_logic", "mmlu_philosophy"], "mmlu_stem": ["mmlu_abstract_algebra"]}
 TRUTHFULQA = {"truthfulqa_mc1": (817, 0.2815, 0.0157), "truthfulqa_mc2": (817, 0.4311, 0.0146)}
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """What `datasets` raises offline for a dataset that is not in the cache (same name and base)."""
 
 
 def _entry(alias: str, acc: float, stderr: float | str) -> dict:
@@ -70,6 +77,9 @@ class FakeHFLM:
 
 class FakeTaskManager:
     all_tasks = ["mmlu", *GROUPS, *MMLU, *TRUTHFULQA, "truthfulqa_gen", "hellaswag"]
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
 
 
 @pytest.fixture
@@ -191,52 +201,14 @@ def test_results_parser_handles_groups_na_stderr_and_filters():
         harness.parse_results(res, "hellaswag")
 
 
-def test_task_specs_and_unknown_task_names(fake_lm_eval, model, tok):
+def test_task_specs():
     assert harness.parse_task("mmlu") == ("mmlu", 5) and harness.parse_task("truthfulqa_mc2") == ("truthfulqa_mc2", 0)
     assert harness.parse_task(" hellaswag:10 ") == ("hellaswag", 10)
     assert harness.parse_task("arc_easy") == ("arc_easy", None)  # unknown default: the task's own
+    assert harness.parse_task("world_mc") == ("world_mc", None)  # lm-eval's default for a task without one: 0
     for bad in ("mmlu:five", ":5", "mmlu:-1"):
         with pytest.raises(ValueError):
             harness.parse_task(bad)
-    with pytest.raises(KnowpackError, match=r"no task 'truthfulqa_mc3' \(did you mean 'truthfulqa_mc2', 'truthfulq"):
-        harness.run_harness(model, tok, ["mmlu", "truthfulqa_mc3"])
-    assert fake_lm_eval.calls == []  # names are checked before anything is scored
-
-
-# --- (c) task data not available ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("error", [
-    DatasetNotFoundError("Dataset 'truthfulqa/truthful_qa' doesn't exist on the Hub or cannot be accessed."),
-    ConnectionError("Couldn't reach 'truthfulqa/truthful_qa' on the Hub (LocalEntryNotFoundError)"),
-    ValueError("Couldn't find cache for truthful_qa for config 'multiple_choice' (offline mode is enabled)"),
-    TimeoutError("The read operation timed out"),
-], ids=["not-found", "connection", "offline-cache", "timeout"])
-def test_missing_task_data_names_the_task_and_the_ways_out(fake_lm_eval, model, tok, error):
-    fake_lm_eval.fail["truthfulqa_mc1"] = error
-    with pytest.raises(KnowpackError) as exc:
-        harness.run_harness(model, tok, ["truthfulqa_mc1"])
-    msg = str(exc.value)
-    assert "task 'truthfulqa_mc1'" in msg and type(error).__name__ in msg
-    assert "HF_DATASETS_OFFLINE" in msg and "eval.mc=" in msg and "eval.harness=[]" in msg
-    assert exc.value.__cause__ is error  # kept for library callers; the CLI prints the message only
-
-
-def test_other_errors_inside_lm_eval_are_not_disguised(fake_lm_eval, model, tok):
-    fake_lm_eval.fail["mmlu"] = RuntimeError("CUDA out of memory")
-    with pytest.raises(RuntimeError, match="out of memory"):
-        harness.run_harness(model, tok, ["mmlu"])
-
-
-@pytest.mark.parametrize("error", [
-    PermissionError(errno.EACCES, "Permission denied", "/data/hf/datasets/truthful_qa.lock"),
-    OSError(errno.ENOSPC, "No space left on device"),
-], ids=["permission", "disk-full"])
-def test_os_errors_that_are_not_missing_data_are_re_raised_unchanged(fake_lm_eval, model, tok, error):
-    fake_lm_eval.fail["truthfulqa_mc1"] = error
-    with pytest.raises(OSError) as exc:
-        harness.run_harness(model, tok, ["truthfulqa_mc1"])
-    assert exc.value is error and not isinstance(exc.value, KnowpackError)
 
 
 # --- the evaluation stage and its config --------------------------------------------------------
@@ -257,24 +229,16 @@ def test_eval_settings_take_harness_tasks_and_reject_bad_ones(tmp_path):
         assert all(n in str(exc.value) for n in needles), (override, str(exc.value))
 
 
-def test_stage_scores_harness_tasks_and_caches_the_base_model(fake_lm_eval, model, tok, tmp_path):
+def test_stage_passes_its_batch_size_and_limit_to_lm_eval(fake_lm_eval, model, tok, tmp_path):
     settings = stage.EvalSettings(mc=[], qa=[], refusal=None, harness=["mmlu", "truthfulqa_mc2"], harness_limit=10,
                                   batch_size=4)
     bench = stage.resolve_benchmarks(settings, "some-model", None)
     assert bench.harness == [("mmlu", 5), ("truthfulqa_mc2", 0)]
     scores = stage.cached_benchmarks(model, tok, bench, settings, "base-id", tmp_path)
-    assert set(scores) == {"lm_eval:mmlu", "lm_eval:truthfulqa_mc2"}
     mc2 = scores["lm_eval:truthfulqa_mc2"]
-    assert mc2["kind"] == "lm_eval" and mc2["metric"] == "acc" and mc2["accuracy"] == pytest.approx(0.4311)
     assert mc2["n"] == 10 and mc2["stderr"] == pytest.approx(0.0146) and mc2["num_fewshot"] == 0
     assert FakeHFLM.instances[-1].kwargs["batch_size"] == 4 and fake_lm_eval.calls[-1]["limit"] == 10
-    n_calls = len(fake_lm_eval.calls)
-    assert stage.cached_benchmarks(model, tok, bench, settings, "base-id", tmp_path) == scores
-    assert len(fake_lm_eval.calls) == n_calls  # the base model's scores come from the cache
-    other = stage.EvalSettings(mc=[], qa=[], refusal=None, harness=["mmlu"], harness_limit=10)
-    stage.cached_benchmarks(model, tok, stage.resolve_benchmarks(other, "some-model", None), other, "base-id",
-                            tmp_path)
-    assert len(fake_lm_eval.calls) == n_calls + 1  # other tasks: another cache entry
+    assert scores["lm_eval:mmlu"]["n"] == 30 and scores["lm_eval:mmlu"]["num_fewshot"] == 5
 
 
 # --- (d) metrics -----------------------------------------------------------------------------------
@@ -314,3 +278,231 @@ def test_compute_metrics_reports_harness_tasks_beside_the_other_benchmarks():
     h = rec["headline"]
     assert h["benchmark_drop"]["lm_eval:mmlu"] == pytest.approx(0.03)
     assert h["mean_benchmark_drop_relative"] == pytest.approx((0.0 + 0.05 - 0.1) / 3)
+
+
+# --- (e) lm-eval itself, offline, on knowpack's own task -------------------------------------------
+
+WORLD = Path(harness.__file__).resolve().parent.parent / "data" / "world"
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1 as `datasets` and the Hub client read them (at import,
+    so their flags are set too), an empty `datasets` cache, and no network at all."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+
+    def no_network(self, *args, **kwargs):
+        raise AssertionError("a test that must run offline opened a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+
+
+@pytest.fixture(scope="module")
+def world():
+    from knowpack.evaluate.mc import load_mc
+    from knowpack.models import load_model
+
+    model, tok = load_model(WORLD / "model", device="cpu", dtype="float32")
+    return model, tok, load_mc(WORLD / "benchmarks" / "mc.jsonl")
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """The real `simple_evaluate`, asked to keep its per-document samples, with every call recorded."""
+    import lm_eval
+    from lm_eval.evaluator import simple_evaluate
+
+    calls: list[tuple[dict, dict]] = []
+
+    @functools.wraps(simple_evaluate)  # the adapter reads the signature
+    def recording(*args, **kwargs):
+        kwargs["log_samples"] = True
+        results = simple_evaluate(*args, **kwargs)
+        calls.append((kwargs, results))
+        return results
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", recording)
+    return calls
+
+
+def lm_eval_choices(results: dict, task: str) -> tuple[list[int], list[list[float]]]:
+    """lm-eval's prediction (likeliest choice) and per-choice log-likelihoods of every document."""
+    docs = sorted(results["samples"][task], key=lambda d: d["doc_id"])
+    lls = [[float(resp[0]) for resp in d["filtered_resps"]] for d in docs]
+    return [max(range(len(ll)), key=ll.__getitem__) for ll in lls], lls
+
+
+def _flat(rows: list[list[float]]) -> list[float]:
+    return [x for row in rows for x in row]
+
+
+def knowpack_choices(model, tok, rows) -> tuple[dict, list[list[float]]]:
+    from knowpack.evaluate.mc import CONTINUATION_TEMPLATE, loglikelihoods, score_mc
+
+    res = score_mc(model, tok, rows, scoring="continuation")
+    requests = [(CONTINUATION_TEMPLATE.format(question=r["question"]), f" {c}") for r in rows for c in r["choices"]]
+    return res, loglikelihoods(model, tok, requests).view(len(rows), 4).tolist()
+
+
+def test_world_mc_ships_as_an_lm_eval_task_with_absolute_paths(tmp_path):
+    import yaml
+
+    assert set(harness.local_tasks()) == {"world_mc"}
+    shipped = yaml.safe_load(harness.local_tasks()["world_mc"].read_text())
+    assert shipped["task"] == "world_mc"  # the file name is the task name
+    assert shipped["doc_to_text"] == "Question: {{question}}\nAnswer:" and "target_delimiter" not in shipped
+    (written,) = harness.write_local_tasks(["world_mc"], tmp_path, WORLD)
+    files = yaml.safe_load(written.read_text())["dataset_kwargs"]["data_files"]
+    assert files == {"test": str((WORLD / "benchmarks" / "mc.jsonl").resolve())}
+    with pytest.raises(KnowpackError, match=r"world_mc' reads .*mc.jsonl, which does not exist.*world build"):
+        harness.write_local_tasks(["world_mc"], tmp_path, tmp_path / "no-world")
+    with pytest.raises(KnowpackError, match="ships no lm-eval task 'mmlu'; it ships world_mc"):
+        harness.write_local_tasks(["mmlu"], tmp_path, WORLD)
+
+
+def test_stage_scores_world_mc_through_lm_eval_as_knowpack_does_and_caches_it(offline, spy, world, tmp_path):
+    model, tok, rows = world
+    settings = stage.EvalSettings(mc=["auto"], qa=[], refusal=None, harness=["world_mc"], batch_size=8)
+    bench = stage.resolve_benchmarks(settings, "world", WORLD)
+    scores = stage.cached_benchmarks(model, tok, bench, settings, "world-base", tmp_path)
+    ours, theirs = scores["world_mc"], scores["lm_eval:world_mc"]
+    assert ours["scoring"] == "continuation" and theirs["metric"] == "acc" and theirs["kind"] == "lm_eval"
+    assert theirs["n"] == ours["n"] == len(rows) and theirs["num_fewshot"] == 0
+    assert round(theirs["accuracy"] * len(rows)) == round(ours["accuracy"] * len(rows))
+    (kwargs, results), = spy
+    assert kwargs["tasks"] == ["world_mc"] and kwargs["limit"] is None and kwargs["fewshot_random_seed"] == 1234
+    assert kwargs["model"].batch_size == 8 and kwargs["model"].model is model  # the object itself, as loaded
+    preds, lls = lm_eval_choices(results, "world_mc")
+    res, ours_lls = knowpack_choices(model, tok, rows)
+    assert preds == res["predictions"]
+    assert _flat(lls) == pytest.approx(_flat(ours_lls), abs=1e-4)  # the same log-likelihoods, not only argmax
+
+    assert stage.cached_benchmarks(model, tok, bench, settings, "world-base", tmp_path) == scores
+    assert len(spy) == 1  # the base model's scores come from the cache
+    quick = stage.EvalSettings(mc=[], qa=[], refusal=None, harness=["world_mc"], harness_limit=10)
+    again = stage.cached_benchmarks(model, tok, stage.resolve_benchmarks(quick, "world", WORLD), quick, "world-base",
+                                    tmp_path)
+    assert len(spy) == 2 and again["lm_eval:world_mc"]["n"] == 10  # another limit: another cache entry
+
+
+def test_lm_eval_scores_an_adapted_model_item_by_item_as_knowpack_does(offline, spy):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from knowpack.evaluate.mc import load_mc
+    from knowpack.models import load_model
+
+    base, tok = load_model(WORLD / "model", device="cpu", dtype="float32")  # LoRA wraps it in place: a copy
+    rows = load_mc(WORLD / "benchmarks" / "mc.jsonl")
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                            target_modules=["q_proj", "v_proj", "down_proj"]))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # B starts at zero; random updates move the model off its base answers
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    model.train()
+    scores = harness.run_harness(model, tok, ["world_mc"], batch_size=16, progress=False)
+    assert model.training  # HFLM's eval() is undone for a model that was training
+    model.eval()
+    res, ours_lls = knowpack_choices(model, tok, rows)
+    (_, results), = spy
+    preds, lls = lm_eval_choices(results, "world_mc")
+    assert 0.4 < res["accuracy"] < 0.9 and preds != [r["answer"] for r in rows]  # damaged, so the check bites
+    assert round(scores["world_mc"]["acc"] * len(rows)) == round(res["accuracy"] * len(rows))
+    assert preds == res["predictions"]
+    assert _flat(lls) == pytest.approx(_flat(ours_lls), abs=1e-4)
+
+
+def test_quiet_runs_show_no_progress_bars_and_no_expected_warnings(offline, world, capsys, caplog):
+    model, tok, _ = world
+    caplog.set_level(logging.INFO)  # as a CLI with -v would set the root logger
+    scores = harness.run_harness(model, tok, ["world_mc:0"], limit=8, progress=False)
+    assert scores["world_mc"]["n"] == 8 and scores["world_mc"]["num_fewshot"] == 0
+    err = capsys.readouterr().err
+    assert not any(bar in err for bar in ("it/s", "examples/s", "%|")), err  # lm-eval's bars and datasets'
+    lm_records = [r for r in caplog.records if r.name.startswith("lm_eval")]
+    assert all(r.levelno >= logging.WARNING for r in lm_records), [r.getMessage() for r in lm_records]
+    assert not [r for r in lm_records if r.getMessage().startswith(harness._EXPECTED_WARNINGS)]
+    assert logging.getLogger("lm_eval").level == logging.NOTSET  # put back
+    import datasets.utils
+    assert not datasets.utils.are_progress_bars_disabled()
+
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="lm_eval")  # a user who asks lm-eval for more gets all of it
+    harness.run_harness(model, tok, ["world_mc:0"], limit=8, progress=False)
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("lm_eval")]
+    assert any(m.startswith(harness._EXPECTED_WARNINGS) for m in said) and len(said) > 3, said
+
+
+def test_unknown_task_names_are_checked_against_lm_eval_before_any_scoring(spy, model, tok):
+    with pytest.raises(KnowpackError, match=r"no task 'truthfulqa_mc3' \(did you mean 'truthfulqa_mc2', 'truthfulq"):
+        harness.run_harness(model, tok, ["mmlu", "truthfulqa_mc3"])
+    assert spy == []  # the model (an opaque stand-in here) was never touched
+
+
+def test_a_task_whose_data_needs_a_download_fails_offline_with_the_ways_out(offline, world):
+    model, tok, _ = world
+    with pytest.raises(KnowpackError) as exc:
+        harness.run_harness(model, tok, ["truthfulqa_mc1"])
+    msg = str(exc.value)
+    assert "task 'truthfulqa_mc1'" in msg and "HF_DATASETS_OFFLINE" in msg and "eval.mc=" in msg
+    assert "eval.harness=[]" in msg and isinstance(exc.value.__cause__, OSError)
+
+
+def _datasets_errors():
+    from datasets.exceptions import DataFilesNotFoundError, DatasetNotFoundError
+
+    return [DatasetNotFoundError("Dataset 'truthfulqa/truthful_qa' doesn't exist on the Hub or cannot be accessed."),
+            DataFilesNotFoundError("No (supported) data files found in /data/mc"),
+            ValueError("Couldn't find cache for truthful_qa for config 'multiple_choice' (offline mode is enabled)"),
+            TimeoutError("The read operation timed out")]
+
+
+@pytest.mark.parametrize("index", range(4), ids=["not-found", "no-files", "offline-cache", "timeout"])
+def test_data_errors_where_lm_eval_loads_the_data_name_the_task_and_the_ways_out(offline, world, monkeypatch,
+                                                                                  index):
+    import datasets
+
+    error = _datasets_errors()[index]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(error))
+    model, tok, _ = world
+    with pytest.raises(KnowpackError) as exc:
+        harness.run_harness(model, tok, ["world_mc"])
+    msg = str(exc.value)
+    assert "task 'world_mc'" in msg and type(error).__name__ in msg
+    assert "HF_DATASETS_OFFLINE" in msg and "eval.mc=" in msg and "eval.harness=[]" in msg
+    assert exc.value.__cause__ is error  # kept for library callers; the CLI prints the message only
+
+
+@pytest.mark.parametrize("error", [
+    PermissionError(errno.EACCES, "Permission denied", "/data/hf/datasets/json.lock"),
+    OSError(errno.ENOSPC, "No space left on device"),
+], ids=["permission", "disk-full"])
+def test_os_errors_that_are_not_missing_data_are_re_raised_unchanged(offline, world, monkeypatch, error):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(error))
+    model, tok, _ = world
+    with pytest.raises(OSError) as exc:
+        harness.run_harness(model, tok, ["world_mc"])
+    assert exc.value is error and not isinstance(exc.value, KnowpackError)
+
+
+def test_errors_while_scoring_are_not_disguised(offline, world, monkeypatch):
+    model, tok, _ = world
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(model, "forward", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        harness.run_harness(model, tok, ["world_mc"], limit=2, progress=False)

@@ -14,15 +14,43 @@ seeds, so the same task gets the same prompts before and after training and an e
 how to install it. lm-eval reads task data through `datasets`, from the Hub or from the local cache
 (`HF_DATASETS_OFFLINE=1` with a pre-filled cache); when the data cannot be loaded the error names the
 task and the ways out, including scoring local MMLU-format files with `eval.mc` instead.
+
+knowpack ships lm-eval tasks of its own in `data/lm_eval_tasks/`: `world_mc`, the embedded world's MC
+benchmark (`eval.harness=[world_mc]`). Their `data_files` are relative to the world directory. lm-eval
+would read a relative path against the working directory, and the package can be installed anywhere,
+so each `run_harness` call writes the task configs it needs, with absolute paths into the world in use
+(`knowpack.runs.world_dir()` unless `world_dir` is given), into a fresh temporary directory that is
+lm-eval's `include_path` for that call and is removed afterwards: nothing stale is left to find, and
+nothing is downloaded (the `json` builder of `datasets` is local; HF_DATASETS_OFFLINE=1 is fine).
+
+`world_mc` through lm-eval and `eval.mc` with `mc_scoring=continuation` score the same thing: both
+encode the context with the tokenizer's own special tokens (HFLM's `add_bos_token=None`, knowpack's
+`special_tokens_for`), take the continuation's tokens as those of context + continuation past the
+context's, and move trailing spaces of the context into the continuation, so no HFLM setting is needed
+to align them (tests/test_harness.py checks log-likelihoods and predictions item by item). They would
+part only where a token merged across the boundary (knowpack then scores the continuation alone) or a
+context ended in other whitespace (lm-eval moves any, knowpack spaces only); "Answer:" + " {choice}"
+does neither. Their length-normalised accuracies differ by definition: lm-eval's `acc_norm` divides
+by the length of the choice, knowpack's `accuracy_norm` by the length of " {choice}".
+
+lm-eval logs at WARNING unless the `lm_eval` logger was given a level; its warnings that only describe
+how knowpack calls it (a model object instead of a name; shots set explicitly, once per MMLU subject)
+are dropped there. `progress=False` silences the progress bars of lm-eval and `datasets`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
+import importlib
 import inspect
 import logging
 import numbers
-from typing import Any, Mapping, Sequence
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
 
 from knowpack.errors import KnowpackError
 
@@ -40,6 +68,14 @@ DEFAULT_SEED = 1234
 #: the accuracy-like metric reported as a task's headline, first one present wins
 PRIMARY_METRICS = ("acc", "acc_norm", "exact_match", "f1")
 _NOT_METRICS = {"alias", "samples", "name", "sample_len", " "}
+#: lm-eval task configs shipped with knowpack, one `<task>.yaml` each
+TASKS_DIR = Path(__file__).resolve().parent.parent / "data" / "lm_eval_tasks"
+#: lm-eval warnings that describe knowpack's way of calling it, not the user's setup
+_EXPECTED_WARNINGS = ("`pretrained` model kwarg is not of type `str`",
+                      "Passed an already-initialized model through `pretrained`",
+                      "Overwriting default num_fewshot")
+#: lm-eval modules whose progress bars `progress=False` turns off (requests, tokenising, scoring)
+_BAR_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
 
 
 def parse_task(spec: str | tuple[str, int | None]) -> tuple[str, int | None]:
@@ -75,13 +111,134 @@ def require_lm_eval() -> tuple[Any, Any]:
     return lm_eval, HFLM
 
 
-def _task_manager() -> Any:
-    """lm-eval's task index (>= 0.4.1), built once for all tasks; None where this lm-eval has none."""
+def local_tasks() -> dict[str, Path]:
+    """knowpack's own lm-eval tasks: `{task name: its config in data/lm_eval_tasks}`."""
+    return {p.stem: p for p in sorted(TASKS_DIR.glob("*.yaml"))}
+
+
+def _absolute(files: Any, root: Path) -> Any:
+    if isinstance(files, str):
+        return files if Path(files).is_absolute() else str((root / files).resolve())
+    if isinstance(files, list):
+        return [_absolute(f, root) for f in files]
+    if isinstance(files, dict):
+        return {k: _absolute(v, root) for k, v in files.items()}
+    return files
+
+
+def write_local_tasks(names: Sequence[str], dest: Path, world_dir: Path | None = None) -> list[Path]:
+    """Write knowpack's task configs `names` into `dest` (an lm-eval include path), their relative
+    `data_files` made absolute against `world_dir` (default: the embedded world)."""
+    import yaml
+
+    shipped = local_tasks()
+    unknown = [n for n in names if n not in shipped]
+    if unknown:
+        raise KnowpackError(f"knowpack ships no lm-eval task {', '.join(map(repr, unknown))}; "
+                            f"it ships {', '.join(shipped) or 'none'}")
+    if world_dir is None and names:
+        from knowpack.runs import world_dir as embedded_world  # lazily: runs imports the whole stage
+
+        world_dir = embedded_world()
+    written = []
+    for name in names:
+        cfg = yaml.safe_load(shipped[name].read_text(encoding="utf-8"))
+        kwargs = cfg.get("dataset_kwargs") or {}
+        if "data_files" in kwargs:
+            kwargs["data_files"] = _absolute(kwargs["data_files"], Path(world_dir))
+            files = kwargs["data_files"]
+            paths = files.values() if isinstance(files, dict) else files if isinstance(files, list) else [files]
+            missing = [str(f) for f in paths if isinstance(f, str) and not Path(f).exists()]
+            if missing:
+                raise KnowpackError(f"lm-eval task '{name}' reads {', '.join(missing)}, which does not exist; "
+                                    f"build the world there with `knowpack world build --out {world_dir}`, "
+                                    f"{OFF_HINT}")
+        path = Path(dest) / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def _task_manager(include_path: Path | None = None, include_defaults: bool = True) -> Any:
+    """lm-eval's task index for the tasks of a call. Indexing lm-eval's own thousands of tasks takes
+    seconds, so a call that asks only for knowpack's tasks leaves them out, and the index of lm-eval's
+    tasks alone is built once per process (before and after training ask for the same one)."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is None:
+        return _default_task_manager(TaskManager)
+    return TaskManager(include_path=str(include_path), include_defaults=include_defaults)
+
+
+@functools.lru_cache(maxsize=2)
+def _default_task_manager(cls: Any) -> Any:
+    return cls()
+
+
+class _DropExpected(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and str(record.msg).startswith(_EXPECTED_WARNINGS))
+
+
+@contextlib.contextmanager
+def _lm_eval_logging() -> Iterator[None]:
+    """lm-eval's logger at WARNING unless it was given a level, and then without the warnings that only
+    describe knowpack's way of calling it; put back afterwards."""
+    root = logging.getLogger("lm_eval")
+    level = root.level
+    if level == logging.NOTSET:
+        root.setLevel(logging.WARNING)
+    drop, filtered = _DropExpected(), []
+    if root.getEffectiveLevel() >= logging.WARNING:  # a user who asked for more sees everything
+        for name in ("lm_eval.models.huggingface", "lm_eval.evaluator"):  # filters do not reach child loggers
+            filtered.append(logging.getLogger(name))
+            filtered[-1].addFilter(drop)
     try:
-        from lm_eval.tasks import TaskManager
-    except ImportError:
-        return None
-    return TaskManager()
+        yield
+    finally:
+        root.setLevel(level)
+        for logger in filtered:
+            logger.removeFilter(drop)
+
+
+def _quiet_bar(bar: Any) -> Any:
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        kwargs["disable"] = True  # wins over the `disable=` lm-eval passes, as a functools.partial's would not
+        return bar(*args, **kwargs)
+    return quiet
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """No progress bars from lm-eval or `datasets` while scoring. lm-eval has no switch for them (its
+    `disable_tqdm` does not reach `simple_evaluate`), so the `tqdm` its modules call is swapped for
+    a disabled one and put back afterwards; `datasets` has its own switch."""
+    bars: list[tuple[Any, Any]] = []
+    for name in _BAR_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if callable(getattr(module, "tqdm", None)):
+            bars.append((module, module.tqdm))
+            module.tqdm = _quiet_bar(module.tqdm)
+    switch = None
+    if "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ:  # the variable has priority in datasets
+        try:
+            import datasets.utils as switch
+        except ImportError:
+            pass
+        if switch is not None and not switch.are_progress_bars_disabled():
+            switch.disable_progress_bars()
+        else:
+            switch = None
+    try:
+        yield
+    finally:
+        for module, bar in bars:
+            module.tqdm = bar
+        if switch is not None:
+            switch.enable_progress_bars()
 
 
 def _check_names(names: Sequence[str], manager: Any) -> None:
@@ -185,20 +342,40 @@ def primary_metric(scores: Mapping[str, Any]) -> str:
 
 def run_harness(model: Any, tokenizer: Any, tasks: Sequence[str | tuple[str, int | None]] = SUGGESTED_TASKS, *,
                 batch_size: int = 8, limit: int | float | None = None, seed: int = DEFAULT_SEED,
-                ) -> dict[str, dict[str, Any]]:
+                progress: bool = True, world_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     """Score `model` on lm-eval `tasks`; returns `{task: {metric: value, ..., "n": docs, "num_fewshot": k}}`.
 
     `limit` caps the documents per task (lm-eval's `limit`; a float < 1 is a share), for quick
-    looks only: MMLU's groups then score the first documents of every subject.
+    looks only: MMLU's groups then score the first documents of every subject. knowpack's own
+    tasks (`local_tasks()`, e.g. `world_mc`) read their data from `world_dir`, by default the
+    embedded world.
     """
     parsed = [parse_task(t) for t in tasks]
     if not parsed:
         return {}
     lm_eval, HFLM = require_lm_eval()
-    manager = _task_manager()
-    if manager is not None:
-        _check_names([name for name, _ in parsed], manager)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    names = [name for name, _ in parsed]
+    ours = [n for n in names if n in local_tasks()]
+    with contextlib.ExitStack() as stack:
+        include = stack.enter_context(tempfile.TemporaryDirectory(prefix="knowpack-lm-eval-"))
+        stack.enter_context(_lm_eval_logging())
+        if not progress:
+            stack.enter_context(_no_progress_bars())
+        if ours:
+            write_local_tasks(ours, Path(include), world_dir)
+        manager = _task_manager(Path(include) if ours else None, include_defaults=len(ours) < len(names))
+        _check_names(names, manager)
+        training = getattr(model, "training", None)
+        try:
+            return _evaluate(lm_eval, HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), parsed,
+                             manager, limit=limit, seed=seed)
+        finally:
+            if training:  # HFLM switches the model to eval mode; a model in training goes back to it
+                model.train()
+
+
+def _evaluate(lm_eval: Any, lm: Any, parsed: list[tuple[str, int | None]], manager: Any, *,
+              limit: int | float | None, seed: int) -> dict[str, dict[str, Any]]:
     accepted = inspect.signature(lm_eval.simple_evaluate).parameters
     optional = {"random_seed": seed, "numpy_random_seed": seed, "torch_random_seed": seed,
                 "fewshot_random_seed": seed, "task_manager": manager}

@@ -411,7 +411,8 @@ def _score_continuation(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any
     ll = loglikelihoods(model, tokenizer, requests, batch_size=batch_size * 4)
     per_row = ll.split([len(r["choices"]) for r in rows])  # rows may have any number of choices
     preds = [int(x.argmax()) for x in per_row]
-    chars = [torch.tensor([len(c) + 1 for c in r["choices"]], dtype=ll.dtype) for r in rows]
+    # per character of the choice text, as lm-eval's acc_norm (the leading space not counted)
+    chars = [torch.tensor([len(c) for c in r["choices"]], dtype=ll.dtype) for r in rows]
     norm = [int((x / n).argmax()) == r["answer"] for x, n, r in zip(per_row, chars, rows)]
     return {**_accuracy(rows, preds), "accuracy_norm": sum(norm) / len(rows), "scoring": "continuation",
             "definition": "share of questions whose likeliest choice text (summed log-likelihood of ' {choice}' "

@@ -43,9 +43,10 @@ class FakeBackend:
         self.calls: list[dict] = []
 
     def generate(self, prompts, *, greedy=True, n_samples=0, temperature=0.5, top_k=40, max_new_tokens=32, seed=0,
-                 stop="\n", progress=None):
+                 stop="\n", progress=None, sample_keys=None):
         self.calls.append({"n": len(prompts), "greedy": greedy, "n_samples": n_samples, "temperature": temperature,
-                           "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed, "stop": stop})
+                           "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed, "stop": stop,
+                           "keys": len(set(sample_keys or ()))})
         out, seen = [], {}
         for p in prompts:
             text = p.text if isinstance(p, Prompt) else p
@@ -66,7 +67,7 @@ def test_probe_categorises_whatever_backend_answers(tok):
     assert [r["p_greedy"] for r in rows] == [1.0, 0.5, 0.0, 0.0, 0.0]
     assert rows[2]["p_sample"] == 1.0 and rows[4]["refused"] == [True, True]
     assert backend.calls == [{"n": 10, "greedy": True, "n_samples": 3, "temperature": 0.7, "top_k": 5,
-                              "max_new_tokens": 7, "seed": 3, "stop": "\n"}]
+                              "max_new_tokens": 7, "seed": 3, "stop": "\n", "keys": 10}]  # a stream per prompt
     answers = answer_zero_shot(None, tok, [f.question for f in FACTS], backend=backend)
     assert answers == ["town0", "town1", "Paris", "Paris", "I don't know"]
 
@@ -87,11 +88,12 @@ class FakeLLM:
     def generate(self, prompts, params, use_tqdm=True):
         self.calls.append((prompts, params))
         outs = []
-        for p in prompts:
+        for i, p in enumerate(prompts):
             text = self.tok.decode(p["prompt_token_ids"])
-            sample = params.temperature > 0
+            one = params[i] if isinstance(params, list) else params  # vLLM takes one per prompt or one for all
+            sample = one.temperature > 0
             # what vLLM returns: the text after the prompt, stop string removed, maybe with spaces
-            texts = [f" {scripted(text, sample, 0)} " for _ in range(params.n)]
+            texts = [f" {scripted(text, sample, 0)} " for _ in range(one.n)]
             outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(text=t) for t in texts]))
         return outs
 
@@ -127,7 +129,12 @@ def test_vllm_backend_feeds_hf_token_ids_and_returns_engine_style_answers(fake_v
     assert [f["prompt_token_ids"] for f in fed] == [tok(p.text, add_special_tokens=p.add_special_tokens)["input_ids"]
                                                      for p in prompts]
     assert (greedy.n, greedy.temperature, greedy.max_tokens, greedy.stop) == (1, 0.0, 9, ["\n"])
-    assert (sampled.n, sampled.temperature, sampled.top_k, sampled.seed) == (2, 0.5, -1, 5)  # top_k 0: all tokens
+    # one sampling request per prompt, seeded by (seed, the prompt's sample key): common random numbers
+    assert [(x.n, x.temperature, x.top_k) for x in sampled] == [(2, 0.5, -1)] * 2  # top_k 0: all tokens
+    assert len({x.seed for x in sampled}) == 2
+    again = VLLMBackend(tiny_dir, seed=5, max_model_len=256)
+    again.generate(prompts[::-1], greedy=False, n_samples=2, seed=5, sample_keys=[1, 0])
+    assert [x.seed for x in FakeLLM.instances[-1].calls[0][1]] == [x.seed for x in sampled][::-1]
     assert [(o.greedy, o.samples) for o in out] == [("Paris", ["Paris", "Paris"]), ("town0", ["town0", "town0"])]
 
 

@@ -293,14 +293,14 @@ def test_run_killed_at_every_stage_resumes_to_the_uninterrupted_result(server, t
     assert not [p.name for p in out.iterdir() if p.name.startswith(("checkpoint", "adapter.tmp"))]
     # nothing finished was redone: only work whose output was cut short ran twice
     clean, counted = _events(ref_events), _events(events)
-    assert clean == {"probe": 1, "bench": 2, "evaluate": 1, "step": 6}
-    assert counted == {"probe": 2,      # the probe whose cache entry lacked its key file
+    assert clean == {"probe": 2, "bench": 2, "evaluate": 1, "step": 6}  # probes: the base and its noise floor
+    assert counted == {"probe": 3,      # the probe whose cache entry lacked its key file
                        "bench": 3,      # the base scoring whose cache write was killed
                        "evaluate": 1,   # never repeated: killed before it, reused after metrics.json
                        "step": 7}       # step 5, whose checkpoint was half written
-    # the killed cache entry was never read as complete: the cache now holds one complete entry
+    # the killed cache entry was never read as complete: the cache now holds two complete entries
     entries = list((tmp_path / "cache" / "probe").iterdir())
-    assert len(entries) == 1 and (entries[0] / "cache_key.json").exists()
+    assert len(entries) == 2 and all((e / "cache_key.json").exists() for e in entries)
 
 
 def test_sweep_killed_at_every_stage_records_each_point_once(server, tmp_path, tiny_dir):
@@ -319,7 +319,7 @@ def test_sweep_killed_at_every_stage_records_each_point_once(server, tmp_path, t
         assert json.loads((Path(r["run_dir"]) / "metrics.json").read_text()) == r["metrics"]
     assert (out / "report.md").exists()
     counted = _events(events)
-    assert counted == {"probe": 1,      # shared by both points through the cache
+    assert counted == {"probe": 2,      # the base and its noise floor, shared by both points through the cache
                        "kva": 2,        # the attribution whose cache write was killed
                        "bench": 3,      # base once (cached), then after training for each point
                        "evaluate": 2,   # once per point, never repeated

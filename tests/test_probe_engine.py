@@ -166,3 +166,59 @@ def test_lora_model_equals_naive(tok):
     assert peft_model.training  # the caller's mode is restored
     peft_model.eval()
     assert [c.greedy for c in got] == naive_generate(peft_model, tok, prompts, max_new_tokens=MAX_NEW)
+
+
+# --- common random numbers ----------------------------------------------------------------------
+
+
+def test_samples_depend_on_the_prompt_key_alone(tok):
+    """A prompt's samples are the same whatever batch it lands in, whatever else is asked, and whether
+    its greedy answer is generated in the same pass (common random numbers)."""
+    model = tiny_model("llama", seed=5, vocab_size=len(tok))
+    prompts = mixed_prompts(tok)
+    keys = [1000 + i for i in range(len(prompts))]
+    kw = dict(n_samples=5, temperature=1.0, top_k=40, max_new_tokens=MAX_NEW, seed=7)
+    full = HFEngine(model, tok, batch_size=4).generate(prompts, greedy=True, sample_keys=keys, **kw)
+    pick = [9, 2, 14, 5]
+    part = HFEngine(model, tok, batch_size=3).generate([prompts[i] for i in pick], greedy=False,
+                                                       sample_keys=[keys[i] for i in pick], **kw)
+    assert [c.samples for c in part] == [full[i].samples for i in pick]
+    assert len({s for c in full for s in c.samples}) > len(prompts)  # they are samples, not one answer
+    other_seed = HFEngine(model, tok, batch_size=4).generate(prompts, greedy=False, sample_keys=keys,
+                                                             **{**kw, "seed": 8})
+    assert [c.samples for c in other_seed] != [c.samples for c in full]
+    with pytest.raises(ValueError, match="sample keys"):
+        HFEngine(model, tok).generate(prompts, sample_keys=keys[:-1], **kw)
+
+
+def test_gumbel_sampling_draws_from_the_top_k_softmax(tok):
+    """The engine's sampling rule (Gumbel-max on each row's own stream) follows softmax(top-k logits / T):
+    chi-square over 4000 rows with one model's next-token logits; transformers' own sampling at the
+    same settings is checked against the same distribution."""
+    from scipy.stats import chisquare
+    from transformers import GenerationConfig
+
+    from knowpack.probe.engine import stream_key
+
+    model = tiny_model("llama", seed=6, vocab_size=len(tok))
+    ids = tok(zero_shot_prompt("Where is Land3?", tok).text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1].float()
+    temperature, top_k, n = 0.7, 8, 4000
+    vals, idx = torch.topk(logits.double() / temperature, top_k)
+    expected = (torch.softmax(vals, -1) * n).numpy()
+    streams = torch.tensor([stream_key(11, key, 0) for key in range(n)], dtype=torch.long)
+    picked = HFEngine._choose(logits.expand(n, -1).clone(), torch.ones(n, dtype=torch.bool), temperature, top_k,
+                              streams, step=0)
+    ours = torch.tensor([(picked == t).sum().item() for t in idx], dtype=torch.float64)
+    assert ours.sum() == n and chisquare(ours.numpy(), expected).pvalue > 1e-3
+    # another step draws afresh from the same streams: not a copy of step 0
+    again = HFEngine._choose(logits.expand(n, -1).clone(), torch.ones(n, dtype=torch.bool), temperature, top_k,
+                             streams, step=1)
+    assert (again != picked).float().mean() > 0.2
+    torch.manual_seed(0)
+    cfg = GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0, max_new_tokens=1,
+                           pad_token_id=0, num_return_sequences=n)
+    hf = model.generate(ids, generation_config=cfg)[:, -1]
+    theirs = torch.tensor([(hf == t).sum().item() for t in idx], dtype=torch.float64)
+    assert theirs.sum() == n and chisquare(theirs.numpy(), expected).pvalue > 1e-3

@@ -65,10 +65,27 @@ def test_exemplars_same_relation_never_self_and_deterministic():
     assert ex != select_exemplars(facts, n_prompts=10, shots=4, seed=1)
 
 
+def test_per_question_exemplars_depend_on_the_fact_alone():
+    """Gekhman et al. draw exemplars per question: each fact's own seeded sample, the same whatever
+    else is probed and in whatever order, and different facts get different sets."""
+    facts = make_facts(40)
+    ex = select_exemplars(facts, n_prompts=5, shots=3, seed=0, exemplars=facts)
+    subset = FactSet([facts[j] for j in (17, 3, 30)])
+    sub = select_exemplars(subset, n_prompts=5, shots=3, seed=0, exemplars=facts)
+    assert sub == [ex[17], ex[3], ex[30]]
+    capital = [j for j, f in enumerate(facts) if f.relation == "capital"]
+    distinct = {tuple(e.id for e in ex[j][0]) for j in capital}
+    assert len(distinct) > len(capital) // 2  # not one shared set per relation
+    shared = select_exemplars(facts, n_prompts=5, shots=3, seed=0, mode="shared")
+    assert len({tuple(e.id for e in shared[j][0]) for j in capital}) <= 1 + 3  # one set, substitutes for its own
+    with pytest.raises(ValueError, match="exemplar mode"):
+        select_exemplars(facts, mode="nope")
+
+
 def test_prefix_shared_by_all_facts_of_a_relation(tok):
     facts = make_facts(20)
-    prompts = build_probe_prompts(facts, tok, n_prompts=5, shots=3, seed=0)
-    ex = select_exemplars(facts, n_prompts=5, shots=3, seed=0)
+    prompts = build_probe_prompts(facts, tok, n_prompts=5, shots=3, seed=0, mode="shared")
+    ex = select_exemplars(facts, n_prompts=5, shots=3, seed=0, mode="shared")
     for i in range(5):
         for rel in ("capital", "river"):
             idx = [j for j, f in enumerate(facts) if f.relation == rel]
@@ -92,7 +109,7 @@ def test_pool_exemplars_without_relations(tok):
     for fact, per_prompt in zip(facts, ex):
         for shots in per_prompt:
             assert len(shots) == 4 and fact.id not in [e.id for e in shots]
-    prompts = build_probe_prompts(facts, tok, n_prompts=4, shots=4)
+    prompts = build_probe_prompts(facts, tok, n_prompts=4, shots=4, mode="shared")
     assert len({prompts[j][0].prefix for j in range(12)}) <= 1 + 4  # one pool block + substitutes
 
 
@@ -230,8 +247,11 @@ def test_cache_never_mixes_models_facts_or_settings(tok, tmp_path):
     assert load_probe_cache(tmp_path, fp2, facts_a.fingerprint(), s) is None
     assert load_probe_cache(tmp_path, fp1, facts_b.fingerprint(), s) is None
     for change in (dict(seed=1), dict(n_samples=3), dict(match="exact"), dict(refusal_patterns=("nope",)),
-                   dict(batch_size=4), dict(temperature=0.7)):
+                   dict(sample_seed=4), dict(exemplars="shared"), dict(temperature=0.7)):
         assert load_probe_cache(tmp_path, fp1, facts_a.fingerprint(), ProbeSettings(**{**SMALL, **change})) is None
+    # with common random numbers the batch size changes no answer, so it shares the entry
+    assert load_probe_cache(tmp_path, fp1, facts_a.fingerprint(), ProbeSettings(**{**SMALL, "batch_size": 3})) \
+        == (rows, summary)
     assert load_probe_cache(tmp_path, fp1, facts_a.fingerprint(), s, exemplars_fingerprint="pool") is None
     keys = {probe_cache_key(m, f, x, exemplars_fingerprint=e) for m in (fp1, fp2) for f in ("a", "b")
             for x in (s, ProbeSettings()) for e in (None, "pool")}
@@ -240,3 +260,27 @@ def test_cache_never_mixes_models_facts_or_settings(tok, tmp_path):
     key_file = next(tmp_path.glob("*/cache_key.json"))
     key_file.write_text(json.dumps({"model": fp2, "facts": "?", "settings": "?"}))
     assert load_probe_cache(tmp_path, fp1, facts_a.fingerprint(), s) is None
+
+
+def test_a_subset_in_another_order_and_batch_size_gives_identical_rows(tok):
+    """Common random numbers: a fact's row does not depend on which other facts are probed, their
+    order, the batch size or lazy sampling; so an unchanged model re-probed shows no shift at all."""
+    model = tiny_model("llama", seed=7, vocab_size=len(tok))
+    facts = make_facts(24)
+    base = dict(n_prompts=3, shots=2, n_samples=4, temperature=1.0, max_new_tokens=5, keep_samples=True)
+    full = probe_facts(model, tok, facts, ProbeSettings(**base, batch_size=8), progress=False, exemplars=facts)
+    pick = [21, 4, 13, 0, 9]
+    sub = probe_facts(model, tok, FactSet([facts[j] for j in pick]), ProbeSettings(**base, batch_size=3),
+                      progress=False, exemplars=facts)
+    assert sub == [full[j] for j in pick]
+    assert len({a for r in full for s in r["sampled_answers"] for a in s}) > 3  # real samples
+    lazy = probe_facts(model, tok, facts, ProbeSettings(**base, batch_size=5, lazy_samples=True), progress=False,
+                       exemplars=facts)
+    for a, b in zip(lazy, full):
+        assert a["category"] == b["category"] and a["greedy_answers"] == b["greedy_answers"]
+        if a["p_sample"] is not None:  # the facts lazy sampling samples get the same samples
+            assert a["p_sample"] == b["p_sample"] and a["sampled_answers"] == b["sampled_answers"]
+    other = probe_facts(model, tok, facts, ProbeSettings(**base, batch_size=8, sample_seed=99), progress=False,
+                        exemplars=facts)
+    assert [r["greedy_answers"] for r in other] == [r["greedy_answers"] for r in full]  # same prompts
+    assert [r["sampled_answers"] for r in other] != [r["sampled_answers"] for r in full]

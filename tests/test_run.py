@@ -63,6 +63,15 @@ def test_run_writes_the_whole_run_directory(tmp_path, tiny_dir, capsys):
     assert any((tmp_path / "cache" / "probe").iterdir()) and any((tmp_path / "cache" / "bench").iterdir())
 
 
+def _fake_metrics(n, reliability=1.0, neg=0.0, drops=None):
+    drops = {"mc": 0.0} if drops is None else drops
+    return {"headline": {"n_trained": n, "reliability": reliability, "negative_shift": neg,
+                         "mean_benchmark_drop_relative": sum(drops.values()) / max(1, len(drops)),
+                         "bits_per_param": 0.1},
+            "benchmarks": {k: {"before": 0.8, "after": 0.8 * (1 - v), "absolute": 0.8 * v, "relative": v}
+                           for k, v in drops.items()}}
+
+
 def test_capacity_search_bisects_to_the_largest_passing_size(tmp_path):
     cfg = RunConfig()
     limit = 37  # sizes above this fail the reliability threshold
@@ -71,14 +80,72 @@ def test_capacity_search_bisects_to_the_largest_passing_size(tmp_path):
     def fake(c, d):
         n = c.compose.n_unknown
         seen.append(n)
-        return {"headline": {"reliability": 1.0 if n <= limit else 0.5, "negative_shift": 0.0,
-                             "mean_benchmark_drop_relative": 0.0, "bits_per_param": 0.1}}
+        return _fake_metrics(n, 1.0 if n <= limit else 0.5)
 
-    res = capacity_search(cfg, tmp_path, Budget(0.01, 0.01), start=5, resolution=0.0, run=fake)
-    assert res["capacity"] == limit and res["first_failing"] == limit + 1
+    res = capacity_search(cfg, tmp_path, Budget(0.01, 0.01), start=5, resolution=0.0, run=fake, pool=500)
+    assert res["capacity"] == limit and res["first_failing"] == limit + 1 and res["monotone"]
     assert seen[:4] == [5, 10, 20, 40]
-    again = capacity_search(cfg, tmp_path, Budget(0.01, 0.01), start=5, resolution=0.0, run=fake)
+    assert [r["n_unknown"] for r in res["tried"]] == sorted(seen)  # every size tried is listed with its verdict
+    again = capacity_search(cfg, tmp_path, Budget(0.01, 0.01), start=5, resolution=0.0, run=fake, pool=500)
     assert again["capacity"] == limit and len(seen) == len(set(seen))  # resumed: nothing measured twice
+
+
+def test_capacity_rejudges_stored_runs_under_the_current_budget(tmp_path):
+    """Budget 0.05 then 0.01 in one directory gives what fresh directories give (stored figures, not verdicts)."""
+    cfg = RunConfig()
+
+    def fake(c, d):
+        n = c.compose.n_unknown
+        return _fake_metrics(n, neg=n / 1000)  # negative shift grows with n: 1% at 10, 5% at 50
+
+    loose = capacity_search(cfg, tmp_path / "same", Budget(0.05, 0.01), start=10, resolution=0.0, run=fake, pool=200)
+    tight = capacity_search(cfg, tmp_path / "same", Budget(0.01, 0.01), start=10, resolution=0.0, run=fake, pool=200)
+    fresh_loose = capacity_search(cfg, tmp_path / "a", Budget(0.05, 0.01), start=10, resolution=0.0, run=fake,
+                                  pool=200)
+    fresh_tight = capacity_search(cfg, tmp_path / "b", Budget(0.01, 0.01), start=10, resolution=0.0, run=fake,
+                                  pool=200)
+    assert (loose["capacity"], tight["capacity"]) == (fresh_loose["capacity"], fresh_tight["capacity"]) == (50, 10)
+
+
+def test_capacity_tries_max_n_and_caps_at_the_unknown_pool(tmp_path):
+    seen = []
+
+    def fake(c, d):
+        seen.append(c.compose.n_unknown)
+        return _fake_metrics(c.compose.n_unknown)
+
+    res = capacity_search(RunConfig(), tmp_path / "max", Budget(0.01, 0.01), start=10, max_n=60, run=fake, pool=500)
+    assert seen == [10, 20, 40, 60] and res["capacity"] == 60 and res["capped_by"] == "max_n" and res["reached_cap"]
+    seen.clear()
+    res = capacity_search(RunConfig(), tmp_path / "pool", Budget(0.01, 0.01), start=10, run=fake, pool=33)
+    assert seen == [10, 20, 33] and res["capacity"] == 33 and res["capped_by"] == "unknown pool"
+
+
+def test_capacity_budget_is_per_benchmark_and_never_counts_a_missing_figure_as_zero(tmp_path):
+    import pytest
+
+    from knowpack.errors import KnowpackError
+
+    # a gain on one benchmark must not hide damage on another (mean drop 0, one benchmark -10%)
+    hidden = capacity_search(RunConfig(), tmp_path / "gain", Budget(0.01, 0.01), start=10, max_n=10, pool=50,
+                             run=lambda c, d: _fake_metrics(10, drops={"mc": 0.10, "qa": -0.10}))
+    assert hidden["capacity"] == 0 and "mc drop" in hidden["tried"][0]["reasons"][0]
+    no_bench = lambda c, d: _fake_metrics(c.compose.n_unknown, drops={})  # noqa: E731
+    with pytest.raises(KnowpackError, match="no benchmark was measured.*--no-benchmark-budget"):
+        capacity_search(RunConfig(), tmp_path / "none", Budget(0.01, 0.01), start=10, max_n=10, pool=50, run=no_bench)
+    ok = capacity_search(RunConfig(), tmp_path / "explicit", Budget(0.01, None), start=10, max_n=10, pool=50,
+                         run=no_bench)
+    assert ok["capacity"] == 10
+
+
+def test_capacity_reports_a_non_monotone_result(tmp_path):
+    fails_at_20 = lambda c, d: _fake_metrics(c.compose.n_unknown, 0.5 if c.compose.n_unknown == 20 else 1.0)  # noqa
+    res = capacity_search(RunConfig(), tmp_path, Budget(0.01, 0.01), start=10, max_n=40, resolution=0.0, pool=100,
+                          run=fails_at_20)
+    assert res["first_failing"] == 20 and res["capacity"] < 20
+    # a later search of the same directory that measures 40 sees it pass above the failure
+    res = capacity_search(RunConfig(), tmp_path, Budget(0.01, 0.01), start=40, max_n=40, pool=100, run=fails_at_20)
+    assert not res["monotone"] and res["passing_above_first_failure"] == [40] and res["capacity"] < 20
 
 
 def test_probing_never_builds_the_world(monkeypatch, tmp_path, tok):
@@ -119,3 +186,25 @@ def test_probing_never_builds_the_world(monkeypatch, tmp_path, tok):
     # the second call is served from the run's own cache, still without building anything
     again, _ = runs.cached_probe(cfg, model, tok, facts, progress=False)
     assert again == rows
+
+
+def test_an_untrained_run_shows_no_shift_no_drop_and_full_locality(tmp_path, tiny_dir):
+    """The base model evaluated as a trained run (zero training steps): common random numbers make the
+    after-probe equal the before-probe, so both shifts are exactly 0, locality 1 and every benchmark drop 0;
+    the noise floor (another sampling seed) is reported beside the shift."""
+    from knowpack.runs import full_run
+
+    cfg = load_config(RunConfig, write_inputs(tmp_path, tiny_dir, n=40),
+                      ["train.epochs=0", "compose.mixing=none", "compose.k=0", "compose.eval_size=30",
+                       "probe.n_samples=6", "probe.n_prompts=3", "probe.batch_size=7"])
+    m = full_run(cfg, tmp_path / "run0", progress=False)
+    h = m["headline"]
+    assert m["run"]["steps"] == 0
+    assert h["positive_shift"] == 0 and h["negative_shift"] == 0 and h["locality"] == 1.0
+    assert all(v == 0 for v in h["benchmark_drop"].values()) and h["benchmark_drop"]
+    assert m["knowledge_shift"]["noise_floor"]["denominator"] == 30
+    assert h["positive_shift_floor"] is not None and h["negative_shift_floor"] is not None
+    assert h["ci95"]["negative_shift"][0] == 0.0 and h["ci95"]["locality"][1] == 1.0
+    before = {r["id"]: r for r in map(json.loads, (tmp_path / "run0" / "probe_before.jsonl").read_text().splitlines())}
+    after = [json.loads(x) for x in (tmp_path / "run0" / "probe_after.jsonl").read_text().splitlines()]
+    assert after and all(r == before[r["id"]] for r in after)

@@ -306,18 +306,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_capacity(args: argparse.Namespace) -> int:
     from knowpack.capacity import Budget, capacity_search
 
+    if args.max_benchmark_drop is None and not args.no_benchmark_budget:
+        raise KnowpackError("give --max-benchmark-drop (each benchmark's relative drop, e.g. 0.01), or "
+                            "--no-benchmark-budget to judge reliability and negative shift only")
     cfg = _run_config(args)
     out = Path(args.out or f"runs/capacity-{Path(args.config).stem}")
-    budget = Budget(args.max_negative_shift, args.max_benchmark_drop, args.min_reliability)
+    budget = Budget(args.max_negative_shift, None if args.no_benchmark_budget else args.max_benchmark_drop,
+                    args.min_reliability)
+
+    def pct(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.1%}"
 
     def step(rec: dict[str, Any]) -> None:
-        h = rec["headline"]
-        _out(f"  n={rec['n_unknown']}: {'pass' if rec['pass'] else 'fail'} (reliability "
-             f"{h.get('reliability')}, negative shift {h.get('negative_shift')}) {'; '.join(rec['reasons'])}")
+        drops = ", ".join(f"{k} {pct(v)}" for k, v in rec["benchmark_drop_relative"].items())
+        _out(f"  n={rec['n_unknown']}: {'pass' if rec['pass'] else 'fail'}  reliability {pct(rec['reliability'])}, "
+             f"negative shift {pct(rec['negative_shift'])} (noise floor {pct(rec['negative_shift_floor'])})"
+             + (f", drops: {drops}" if drops else "") + (f"  [{'; '.join(rec['reasons'])}]" if rec["reasons"] else ""))
 
     res = capacity_search(cfg, out, budget, start=args.start, max_n=args.max_n, on_step=step)
-    _out(f"capacity of {res['method']}: {res['capacity']} facts within the budget "
-         f"(first failing size: {res['first_failing']}); bits per trainable parameter: {res['bits_per_param']}")
+    _out(f"capacity of {res['method']}: {res['capacity']} facts within the budget (first failing size: "
+         f"{res['first_failing']}; sizes tried: {', '.join(str(r['n_unknown']) for r in res['tried'])}; cap "
+         f"{res['cap']}, set by the {res['capped_by']}); bits per trainable parameter: {res['bits_per_param']}")
+    if not res["monotone"]:
+        _out(f"  not monotone: {', '.join(map(str, res['passing_above_first_failure']))} pass although "
+             f"{res['first_failing']} fails; the capacity is the largest passing size below that failure")
     _out(f"  details: {out / 'capacity.json'}")
     return 0
 
@@ -472,10 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("capacity", cmd_capacity, "find the largest number of facts a method packs within a damage budget")
     p.add_argument("config", help="run config YAML; compose.n_unknown is searched")
     p.add_argument("--max-negative-shift", type=float, required=True, help="e.g. 0.01 for 1%% of untrained facts")
-    p.add_argument("--max-benchmark-drop", type=float, required=True, help="mean relative drop, e.g. 0.01")
+    p.add_argument("--max-benchmark-drop", type=float,
+                   help="largest relative drop allowed on each benchmark, e.g. 0.01 (the mean is reported too)")
+    p.add_argument("--no-benchmark-budget", action="store_true",
+                   help="judge reliability and negative shift only (say so explicitly: an unmeasured benchmark "
+                        "is otherwise an error)")
     p.add_argument("--min-reliability", type=float, default=0.95, help="default 0.95")
     p.add_argument("--start", type=int, default=10, help="first size tried (doubling from there)")
-    p.add_argument("--max-n", type=int, help="largest size to try")
+    p.add_argument("--max-n", type=int, help="largest size to try (also capped at the number of Unknown facts)")
     p.add_argument("--out", help="directory (default: runs/capacity-<config name>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
 

@@ -30,7 +30,7 @@ from knowpack.facts import EASYEDIT_ANSWERS, FORMATS, FactSet
 from knowpack.io import write_json, write_jsonl
 from knowpack.probe.slick import (ProbeSettings, answer_zero_shot, load_probe_cache, model_fingerprint,
                                   probe_facts, save_probe_cache, summarize_probe)
-from knowpack.probe.match import matches
+from knowpack.probe.match import is_correct
 from knowpack.train import TrainResult, TrainSettings, train
 
 log = logging.getLogger(__name__)
@@ -176,11 +176,19 @@ def cached_probe(cfg: RunConfig, model: Any, tok: Any, facts: FactSet, *, exempl
     return rows, summary
 
 
-def zero_shot_accuracy(model: Any, tok: Any, facts: FactSet, ids: list[str], match: str = "contains") -> float:
+def zero_shot_accuracy(model: Any, tok: Any, facts: FactSet, ids: list[str], probe: ProbeSettings) -> float:
+    """Share of `ids` whose zero-shot greedy answer is correct: it matches an alias (`probe.match`) and is
+    not a refusal (`probe.refusal_patterns`), the rule metrics.json's zero-shot reliability uses."""
     if not ids:
         return 0.0
     answers = answer_zero_shot(model, tok, [facts[i].question for i in ids])
-    return sum(matches(a, facts[i].answers, match) for a, i in zip(answers, ids)) / len(ids)
+    return sum(is_correct(a, facts[i].answers, probe.match, probe.refusal_patterns)
+               for a, i in zip(answers, ids)) / len(ids)
+
+
+def control_probe_settings(probe: ProbeSettings) -> ProbeSettings:
+    """The noise-floor control's probe: the same prompts, the sampled answers from another seed."""
+    return replace(probe, sample_seed=(probe.seed if probe.sample_seed is None else probe.sample_seed) + 1)
 
 
 def select_nodes_for(cfg: RunConfig, model: Any, tok: Any, out_dir: Path, progress: bool = True) -> list[list[int]]:
@@ -266,7 +274,7 @@ class TrainedRun:
     fingerprint: str = ""  # config, base model and training data; names what this run's outputs belong to
 
 
-PreTrainHook = Any  # Callable[[model, tokenizer, model_id], dict]
+PreTrainHook = Any  # Callable[[model, tokenizer, model_id, facts, composition], dict]
 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, resume: bool = True,
@@ -303,15 +311,15 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, res
     if cfg.train.method in ("loki", "loki_lora"):
         context["nodes"] = select_nodes_for(cfg, model, tok, out, progress=progress)
 
-    retention_start = zero_shot_accuracy(model, tok, facts, comp.retention_ids, cfg.probe.match) \
+    retention_start = zero_shot_accuracy(model, tok, facts, comp.retention_ids, cfg.probe) \
         if cfg.train.early_stopping.enabled else None
 
     def hook(m: Any) -> dict[str, float]:
-        return {"reliability": zero_shot_accuracy(m, tok, facts, comp.unknown_ids, cfg.probe.match),
-                "retention": zero_shot_accuracy(m, tok, facts, comp.retention_ids, cfg.probe.match),
+        return {"reliability": zero_shot_accuracy(m, tok, facts, comp.unknown_ids, cfg.probe),
+                "retention": zero_shot_accuracy(m, tok, facts, comp.retention_ids, cfg.probe),
                 "retention_start": retention_start}
 
-    pre_train = pre_train_hook(model, tok, base_id) if pre_train_hook else {}
+    pre_train = pre_train_hook(model, tok, base_id, facts, comp) if pre_train_hook else {}
     t1 = time.perf_counter()
     # Where the caches live and how often checkpoints are written change no result, so changing them
     # keeps checkpoints and metrics valid.
@@ -320,7 +328,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, res
     fingerprint = config_hash({"cfg": {**settings, "cache_dir": None}, "base": base_id, "train": comp.rows})
     result = train(model, tok, comp.rows, cfg.train, out, base_model=model_path(cfg), method_context=context,
                    eval_hook=hook, fingerprint=fingerprint, resume=resume, progress=progress)
-    reliability = zero_shot_accuracy(result.model, tok, facts, comp.unknown_ids, cfg.probe.match)
+    reliability = zero_shot_accuracy(result.model, tok, facts, comp.unknown_ids, cfg.probe)
     train_summary = {
         "method": cfg.train.method, "trainable_params": result.trainable_params, "steps": result.steps,
         "epochs": result.epochs, "stopped_early": result.stopped_early, "train_seconds": round(result.seconds, 2),
@@ -328,7 +336,8 @@ def train_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, res
         "n_examples": len(comp.rows), "n_unknown": len(comp.unknown_ids),
         "reliability_zero_shot": reliability,
         "reliability_definition": "share of trained Unknown facts whose zero-shot greedy answer to the training "
-                                  f"prompt matches an alias ({cfg.probe.match}); denominator = n_unknown",
+                                  f"prompt matches an alias ({cfg.probe.match}) and is not a refusal; "
+                                  "denominator = n_unknown (the same rule as metrics.json)",
         "probe_before": {k: summary.get(k) for k in ("counts", "shares") if k in summary},
         "seconds_train_stage": round(time.perf_counter() - t1, 2),
     }
@@ -365,8 +374,16 @@ def full_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, resu
         require_lm_eval()
     bench = stage.resolve_benchmarks(cfg.eval, cfg.model, world_dir() if cfg.model == WORLD else None)
 
-    def before(model: Any, tok: Any, model_id: str) -> dict[str, Any]:
-        return stage.cached_benchmarks(model, tok, bench, cfg.eval, model_id, cache_root(cfg))
+    def before(model: Any, tok: Any, model_id: str, facts: FactSet, comp: Composition) -> dict[str, Any]:
+        """On the base model, before training: its benchmark scores and the noise-floor control probe."""
+        scores = stage.cached_benchmarks(model, tok, bench, cfg.eval, model_id, cache_root(cfg),
+                                         refusal_patterns=cfg.probe.refusal_patterns)
+        control = None
+        if cfg.eval.noise_floor and comp.eval_ids:
+            control, _ = cached_probe(replace(cfg, probe=control_probe_settings(cfg.probe)), model, tok,
+                                      facts.subset(comp.eval_ids), exemplars=facts, progress=progress,
+                                      model_id=model_id)
+        return {"benchmarks": scores, "control_rows": control}
 
     t0 = time.perf_counter()
     run = train_run(cfg, out, progress=progress, resume=resume, pre_train_hook=before)
@@ -382,23 +399,43 @@ def full_run(cfg: RunConfig, out_dir: str | Path, *, progress: bool = True, resu
     after_rows = stage.probe_after(model, tok, facts, trained + eval_ids, cfg.probe, progress=progress)
     write_jsonl(out / "probe_after.jsonl", after_rows)
     zero_shot = answer_zero_shot(model, tok, [facts[i].question for i in trained], batch_size=cfg.eval.batch_size)
-    para = stage.paraphrase_answers(model, tok, facts, trained, cfg.compose.held_out_share, cfg.compose.seed,
-                                    cfg.eval.batch_size) if cfg.eval.paraphrases else None
-    bench_after = stage.score_benchmarks(model, tok, bench, cfg.eval)
-    before_scores, refusal_before = stage.split_refusal(run.pre_train)
+    para = para_fewshot = None
+    if cfg.eval.paraphrases:
+        para = stage.paraphrase_answers(model, tok, facts, trained, cfg.compose.held_out_share, cfg.compose.seed,
+                                        cfg.eval.batch_size)
+        para_fewshot = stage.paraphrase_fewshot_answers(model, tok, facts, trained, cfg.compose.held_out_share,
+                                                        cfg.compose.seed, cfg.probe)
+    bench_after = stage.score_benchmarks(model, tok, bench, cfg.eval, refusal_patterns=cfg.probe.refusal_patterns)
+    before_scores, refusal_before = stage.split_refusal(run.pre_train["benchmarks"])
     after_scores, refusal_after = stage.split_refusal(bench_after)
     before_by_id = {r["id"]: r for r in run.probe_rows}
     metrics = compute_metrics(
         facts, [before_by_id[i] for i in trained + eval_ids], after_rows, trained, eval_ids,
-        zero_shot_answers=zero_shot, paraphrase_answers=para or None, benchmarks_before=before_scores,
+        zero_shot_answers=zero_shot, paraphrase_answers=para or None,
+        paraphrase_fewshot_answers=para_fewshot or None, benchmarks_before=before_scores,
         benchmarks_after=after_scores, trainable_params=run.result.trainable_params,
         answer_space_size=answer_space(cfg), match=cfg.probe.match,
-        refusal_patterns=cfg.probe.refusal_patterns, exploded_share=cfg.eval.exploded_share)
+        refusal_patterns=cfg.probe.refusal_patterns, exploded_share=cfg.eval.exploded_share,
+        control_rows=run.pre_train.get("control_rows"))
     if refusal_before is not None and refusal_after is not None:
+        from knowpack.evaluate import stats
+
+        paired = "refused" in refusal_before and "refused" in refusal_after
+        diff = stats.paired_difference(refusal_before["refused"], refusal_after["refused"]) if paired else {}
         metrics["refusal_facts"] = {"before": refusal_before["rate"], "after": refusal_after["rate"],
                                     "change": refusal_after["rate"] - refusal_before["rate"],
+                                    "before_ci95": stats.wilson(round(refusal_before["rate"] * refusal_before["n"]),
+                                                                refusal_before["n"])["ci95"],
+                                    "after_ci95": stats.wilson(round(refusal_after["rate"] * refusal_after["n"]),
+                                                               refusal_after["n"])["ci95"],
+                                    "change_ci95": diff.get("ci95"), "mcnemar_p": diff.get("mcnemar_p"),
+                                    "ci_method": "Wilson over the refusal questions; change: " +
+                                                 diff.get("method", "not paired (no per-question outcomes)"),
                                     "denominator": refusal_before["n"],
                                     "definition": refusal_before["definition"]}
+        metrics["headline"]["refusal_facts_before"] = refusal_before["rate"]
+        metrics["headline"]["refusal_facts_after"] = refusal_after["rate"]
+        metrics["headline"]["ci95"]["refusal_facts_after"] = metrics["refusal_facts"]["after_ci95"]
     metrics["run"] = {"method": cfg.train.method, "n_unknown": len(trained), "mixing": cfg.compose.mixing,
                       "k": cfg.compose.k, "seed": cfg.seed, "trainable_params": run.result.trainable_params,
                       "steps": run.result.steps, "stopped_early": run.result.stopped_early,

@@ -51,7 +51,7 @@ class EarlyStopSettings:
 class TrainSettings:
     method: str = field(default="lora", metadata={"choices": method_names})
     lr: float | None = field(default=None, metadata={"min": 0, "help": "None: the method's default"})
-    epochs: int = field(default=10, metadata={"min": 1})
+    epochs: int = field(default=10, metadata={"min": 0, "help": "passes over the training set; 0 trains nothing (the base model evaluated as a run: every shift 0)"})
     batch_size: int = field(default=16, metadata={"min": 1})
     schedule: Literal["linear", "constant", "cosine"] = "linear"
     warmup_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1})

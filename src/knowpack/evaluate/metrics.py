@@ -21,6 +21,13 @@ Choices made here (the papers leave them open):
 - Answers are compared after `probe.match.normalize`; refusals are never correct.
 - A fact counts as *learned* (capacity) when its P_greedy is >= 0.5 after training and was < 0.5
   before.
+- Every share carries `ci95` (evaluate/stats.py): Wilson for a share of independent units (facts,
+  questions), a bootstrap over facts for shares of answers (a fact's prompts are correlated), a
+  paired bootstrap (with McNemar's exact test) for a before/after difference on the same units.
+- Knowledge shift is shown beside its noise floor: the shift between the base model's probe and a
+  control probe of the same base model under another sampling seed (`control_rows`). With common
+  random numbers an unchanged model shows no shift at all; the floor says how much of the category
+  boundary (WeaklyKnown vs Unknown) is sampling luck, i.e. how large a shift sampling alone produces.
 """
 
 from __future__ import annotations
@@ -29,14 +36,19 @@ import math
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
+from knowpack.evaluate import stats
 from knowpack.facts import Fact
 from knowpack.probe.match import DEFAULT_REFUSAL_PATTERNS, MATCH_MODES, RefusalDetector, matches, normalize
 from knowpack.probe.slick import CATEGORIES
 
-SCHEMA = "knowpack.metrics/1"
+SCHEMA = "knowpack.metrics/2"
 #: Allen-Zhu & Li, "Physics of Language Models: Part 3.3" (2024): ~2 bits of knowledge per parameter.
 REFERENCE_BITS_PER_PARAM = 2.0
 LEARNED_THRESHOLD = 0.5
+#: "exploded" answers: more than this share of all greedy answers. The knowledge-packing paper's
+#: notebook counts an answer as exploded above 850 occurrences among its 210,360 greedy answers
+#: (21,036 questions x 10 prompts), i.e. about 0.4%.
+DEFAULT_EXPLODED_SHARE = 0.004
 #: knowledge order used for shifts: higher is better known
 RANK = {"Unknown": 0, "WeaklyKnown": 1, "MaybeKnown": 2, "HighlyKnown": 3}
 SHORT = {"HighlyKnown": "HK", "MaybeKnown": "MK", "WeaklyKnown": "WK", "Unknown": "UK"}
@@ -99,10 +111,14 @@ def reliability(rows_after: Sequence[Row], trained_ids: Sequence[str], *,
     rows = _index(rows_after, trained_ids, "after-training probe")
     n = len(rows)
     n_answers = sum(len(r["greedy_answers"]) for r in rows)
+    ge_half = sum(r["p_greedy"] >= LEARNED_THRESHOLD for r in rows)
+    interval = stats.mean_interval([r["p_greedy"] for r in rows])
     out: dict[str, Any] = {
         "value": _ratio(sum(r["p_greedy"] for r in rows), n),
+        "ci95": interval["ci95"], "ci_method": interval["method"],
+        "share_p_greedy_ge_half_ci95": stats.wilson(ge_half, n)["ci95"],
         "mean_p_greedy": _ratio(sum(r["p_greedy"] for r in rows), n),
-        "share_p_greedy_ge_half": _ratio(sum(r["p_greedy"] >= LEARNED_THRESHOLD for r in rows), n),
+        "share_p_greedy_ge_half": _ratio(ge_half, n),
         "share_all_prompts_correct": _ratio(sum(r["p_greedy"] >= 1.0 for r in rows), n),
         "share_known_after": _ratio(sum(_check_category(r) in ("HighlyKnown", "MaybeKnown") for r in rows), n),
         "answers_correct": sum(sum(bool(x) for x in r["greedy_correct"]) for r in rows),
@@ -130,8 +146,10 @@ def zero_shot_reliability(answers: Sequence[str], facts: Iterable[Fact] | Mappin
         raise ValueError(f"unknown match mode '{match}'; use one of: {', '.join(MATCH_MODES)}")
     fmap, refusal = _fact_map(facts), _detector(refusal_patterns)
     ok = [_correct(a, fmap[i], match, refusal) for a, i in zip(answers, ids)]
+    interval = stats.wilson(sum(ok), len(ids))
     return {
         "value": _ratio(sum(ok), len(ids)),
+        "ci95": interval["ci95"], "ci_method": interval["method"],
         "correct": sum(ok),
         "failed_ids": [i for i, good in zip(ids, ok) if not good],
         "match": match,
@@ -154,7 +172,7 @@ def generalisation(answers_by_fact: Mapping[str, Sequence[str]], facts: Iterable
     """
     fmap, refusal = _fact_map(facts), _detector(refusal_patterns)
     per_fact: list[float] = []
-    pairs = correct = 0
+    counts: list[tuple[int, int]] = []
     all_ok = 0
     without = 0
     for fid in ids:
@@ -163,13 +181,15 @@ def generalisation(answers_by_fact: Mapping[str, Sequence[str]], facts: Iterable
             without += 1
             continue
         ok = [_correct(a, fmap[fid], match, refusal) for a in answers]
-        pairs += len(ok)
-        correct += sum(ok)
+        counts.append((sum(ok), len(ok)))
         per_fact.append(sum(ok) / len(ok))
         all_ok += all(ok)
     n_facts = len(per_fact)
+    correct, pairs = sum(c for c, _ in counts), sum(t for _, t in counts)
+    interval = stats.cluster_share([c for c, _ in counts], [t for _, t in counts])
     return {
         "value": _ratio(correct, pairs),
+        "ci95": interval["ci95"], "ci_method": interval["method"],
         "correct": correct,
         "per_fact_mean": _ratio(sum(per_fact), n_facts),
         "per_fact_share_ge_half": _ratio(sum(x >= LEARNED_THRESHOLD for x in per_fact), n_facts),
@@ -189,29 +209,42 @@ def generalisation(answers_by_fact: Mapping[str, Sequence[str]], facts: Iterable
 # --- knowledge shift ---------------------------------------------------------------------------
 
 
-def transition_matrix(before_rows: Sequence[Row], after_rows: Sequence[Row], ids: Sequence[str]) -> dict[str, Any]:
-    """4x4 category transition counts (rows: before, columns: after) and positive/negative shift."""
+def _moves(before: Sequence[Row], after: Sequence[Row]) -> tuple[list[int], list[int]]:
+    """Per fact, 1 where its category rose (positive shift) / fell (negative shift) from before to after."""
+    up = [int(RANK[_check_category(a)] > RANK[_check_category(b)]) for b, a in zip(before, after)]
+    down = [int(RANK[_check_category(a)] < RANK[_check_category(b)]) for b, a in zip(before, after)]
+    return up, down
+
+
+def transition_matrix(before_rows: Sequence[Row], after_rows: Sequence[Row], ids: Sequence[str], *,
+                      control_rows: Sequence[Row] | None = None) -> dict[str, Any]:
+    """4x4 category transition counts (rows: before, columns: after) and positive/negative shift.
+
+    With `control_rows` (the base model re-probed under another sampling seed) the shift that sampling
+    alone produces is added as `noise_floor`, and `excess_*` gives shift - floor with a paired
+    bootstrap interval over the facts.
+    """
     before = _index(before_rows, ids, "before-training probe")
     after = _index(after_rows, ids, "after-training probe")
     pos = {c: i for i, c in enumerate(CATEGORIES)}
     counts = [[0] * len(CATEGORIES) for _ in CATEGORIES]
-    positive = negative = 0
     moves: Counter[str] = Counter()
     for b, a in zip(before, after):
         cb, ca = _check_category(b), _check_category(a)
         counts[pos[cb]][pos[ca]] += 1
-        if RANK[ca] > RANK[cb]:
-            positive += 1
-        elif RANK[ca] < RANK[cb]:
-            negative += 1
         if ca != cb:
             moves[f"{SHORT[cb]}->{SHORT[ca]}"] += 1
+    up, down = _moves(before, after)
+    positive, negative = sum(up), sum(down)
     n = len(ids)
-    return {
+    out: dict[str, Any] = {
         "categories": list(CATEGORIES),
         "counts": counts,
         "positive_shift": _ratio(positive, n),
         "negative_shift": _ratio(negative, n),
+        "positive_shift_ci95": stats.wilson(positive, n)["ci95"],
+        "negative_shift_ci95": stats.wilson(negative, n)["ci95"],
+        "ci_method": stats.wilson(positive, n)["method"],
         "positive_count": positive,
         "negative_count": negative,
         "unchanged_count": n - positive - negative,
@@ -223,14 +256,34 @@ def transition_matrix(before_rows: Sequence[Row], after_rows: Sequence[Row], ids
                       "MK->HK; negative shift = the reverse moves; both as fractions of the evaluation sample",
         "denominator": n,
         "denominator_counts": "untrained evaluation facts re-probed before and after",
+        "noise_floor": None,
     }
+    if control_rows is not None:
+        control = _index(control_rows, ids, "control probe")
+        c_up, c_down = _moves(before, control)
+        out["noise_floor"] = {
+            "positive_shift": _ratio(sum(c_up), n), "negative_shift": _ratio(sum(c_down), n),
+            "positive_shift_ci95": stats.wilson(sum(c_up), n)["ci95"],
+            "negative_shift_ci95": stats.wilson(sum(c_down), n)["ci95"],
+            "definition": "the shift between the base model's probe and a control probe of the same base model "
+                          "with another sampling seed (same prompts, so only sampled answers differ): what "
+                          "sampling alone moves across the WeaklyKnown/Unknown border",
+            "denominator": n, "denominator_counts": "the same evaluation facts",
+        }
+        for name, run, floor in (("positive", up, c_up), ("negative", down, c_down)):
+            diff = stats.paired_difference(floor, run)
+            out[f"excess_{name}_shift"] = _ratio(sum(run) - sum(floor), n)
+            out[f"excess_{name}_shift_ci95"] = diff["ci95"]
+        out["excess_definition"] = ("shift minus its noise floor, per fact (paired): an excess whose interval "
+                                    "holds 0 is not told apart from sampling noise")
+    return out
 
 
 # --- answer collapse and refusals --------------------------------------------------------------
 
 
 def answer_collapse(rows: Sequence[Row], refusal_flags: Sequence[Sequence[bool]] | None = None, *,
-                    exploded_share: float = 0.05, top: int = 10) -> dict[str, Any]:
+                    exploded_share: float = DEFAULT_EXPLODED_SHARE, top: int = 10) -> dict[str, Any]:
     """Diversity of all greedy answers of `rows` (normalised), refusals excluded.
 
     `refusal_flags[i][j]` marks answer j of row i as a refusal; default: each row's `refused`.
@@ -278,7 +331,8 @@ def answer_collapse(rows: Sequence[Row], refusal_flags: Sequence[Sequence[bool]]
         "definition": "over all greedy answers of the evaluation sample (normalised, refusals excluded): number "
                       "of distinct answers, mean/std (population) of how often each distinct answer occurs, "
                       "entropy of the answer distribution divided by ln(distinct) (0 if only one answer), the "
-                      f"most frequent answers, and 'exploded' answers holding more than {exploded_share:.0%} of all",
+                      f"most frequent answers, and 'exploded' answers holding more than {exploded_share:.2%} of all "
+                      "(the knowledge-packing paper's cut: more than 850 of its 210,360 answers, about 0.4%)",
         "denominator": n,
         "denominator_counts": "greedy answers that are not refusals",
     }
@@ -287,8 +341,11 @@ def answer_collapse(rows: Sequence[Row], refusal_flags: Sequence[Sequence[bool]]
 def refusal_rate(rows: Sequence[Row]) -> dict[str, Any]:
     """Share of the greedy answers of `rows` flagged as refusals."""
     flags = [bool(x) for r in rows for x in r.get("refused") or ()]
+    interval = stats.cluster_share([sum(bool(x) for x in r.get("refused") or ()) for r in rows],
+                                   [len(r.get("refused") or ()) for r in rows])
     return {
         "value": _ratio(sum(flags), len(flags)),
+        "ci95": interval["ci95"], "ci_method": interval["method"],
         "refused": sum(flags),
         "facts_with_refusal": sum(any(r.get("refused") or ()) for r in rows),
         "definition": "share of greedy answers that match a refusal pattern",
@@ -299,11 +356,19 @@ def refusal_rate(rows: Sequence[Row]) -> dict[str, Any]:
 
 def refusal_change(before_rows: Sequence[Row], after_rows: Sequence[Row], ids: Sequence[str]) -> dict[str, Any]:
     """Refusal rate on the facts `ids` before and after training, and the change (after - before)."""
-    b = refusal_rate(_index(before_rows, ids, "before-training probe"))
-    a = refusal_rate(_index(after_rows, ids, "after-training probe"))
+    before, after = _index(before_rows, ids, "before-training probe"), _index(after_rows, ids, "after-training probe")
+    b, a = refusal_rate(before), refusal_rate(after)
     change = a["value"] - b["value"] if a["value"] is not None and b["value"] is not None else None
+
+    def share(r: Row) -> float:
+        flags = r.get("refused") or ()
+        return sum(bool(x) for x in flags) / len(flags) if flags else 0.0
+
+    diff = stats.paired_difference([share(r) for r in before], [share(r) for r in after])
     return {
         "before": b["value"], "after": a["value"], "change": change,
+        "before_ci95": b["ci95"], "after_ci95": a["ci95"], "change_ci95": diff["ci95"],
+        "ci_method": f"{b['ci_method']}; change: {diff['method']} (per-fact refusal shares)",
         "refused_before": b["refused"], "refused_after": a["refused"],
         "facts_with_refusal_before": b["facts_with_refusal"], "facts_with_refusal_after": a["facts_with_refusal"],
         "definition": "share of greedy answers to the evaluation facts' probe prompts that are refusals, before "
@@ -334,8 +399,10 @@ def locality(before_rows: Sequence[Row], after_rows: Sequence[Row], ids: Sequenc
             facts_same += 1
         else:
             changed.append(b["id"])
+    interval = stats.wilson(facts_same, len(ids))
     return {
         "value": _ratio(facts_same, len(ids)),
+        "ci95": interval["ci95"], "ci_method": interval["method"],
         "unchanged_facts": facts_same,
         "per_prompt": _ratio(prompts_same, n_prompts),
         "per_prompt_denominator": n_prompts,
@@ -351,10 +418,15 @@ def locality(before_rows: Sequence[Row], after_rows: Sequence[Row], ids: Sequenc
 # --- benchmarks and capacity -------------------------------------------------------------------
 
 
-def benchmark_drop(before: float, after: float) -> dict[str, Any]:
-    """Absolute drop (before - after) and relative drop ((before - after) / before; None when before = 0)."""
+def benchmark_drop(before: float, after: float, *, items_before: Sequence[float] | None = None,
+                   items_after: Sequence[float] | None = None) -> dict[str, Any]:
+    """Absolute drop (before - after) and relative drop ((before - after) / before; None when before = 0).
+
+    With the per-question outcomes (1 correct, 0 not) of both sides, the accuracies get Wilson
+    intervals and the drop a paired bootstrap interval over the questions with McNemar's exact test.
+    """
     absolute = before - after
-    return {
+    out: dict[str, Any] = {
         "before": before,
         "after": after,
         "absolute": absolute,
@@ -364,6 +436,16 @@ def benchmark_drop(before: float, after: float) -> dict[str, Any]:
         "denominator": 1,
         "denominator_counts": "benchmark (accuracy is over that benchmark's own questions)",
     }
+    if items_before is not None and items_after is not None and len(items_before) == len(items_after):
+        n = len(items_before)
+        diff = stats.paired_difference(items_after, items_before)  # mean(before) - mean(after): the drop
+        out.update({"before_ci95": stats.wilson(round(sum(items_before)), n)["ci95"],
+                    "after_ci95": stats.wilson(round(sum(items_after)), n)["ci95"],
+                    "absolute_ci95": diff["ci95"], "mcnemar_p": diff.get("mcnemar_p"),
+                    "questions_lost": diff.get("gained"), "questions_gained": diff.get("lost"),
+                    "ci_method": f"accuracies: Wilson over {n} questions; drop: {diff['method']}",
+                    "denominator": n, "denominator_counts": "benchmark questions, the same before and after"})
+    return out
 
 
 def harness_drop(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
@@ -391,6 +473,15 @@ def harness_drop(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[st
     })
     if before.get("n") is not None and after.get("n") is not None and before["n"] != after["n"]:
         out["n_questions_before"] = before["n"]
+    se_b, se_a = before.get("stderr"), after.get("stderr")
+    if isinstance(se_b, (int, float)) and isinstance(se_a, (int, float)):
+        half = stats.Z95 * math.sqrt(se_b ** 2 + se_a ** 2)
+        out.update({"before_ci95": [out["before"] - stats.Z95 * se_b, out["before"] + stats.Z95 * se_b],
+                    "after_ci95": [out["after"] - stats.Z95 * se_a, out["after"] + stats.Z95 * se_a],
+                    "absolute_ci95": [out["absolute"] - half, out["absolute"] + half],
+                    "ci_method": "normal intervals from lm-eval's standard errors; the drop's treats the two sides "
+                                 "as independent (lm-eval reports no per-question outcomes here), which is wider "
+                                 "than a paired interval"})
     return out
 
 
@@ -443,6 +534,11 @@ def _accuracy(value: float | Mapping[str, Any]) -> float:
     return float(value)
 
 
+def _items(value: float | Mapping[str, Any]) -> list[float] | None:
+    """Per-question outcomes of a benchmark result (`correct`: 0/1 per question), when it has them."""
+    return [float(x) for x in value["correct"]] if isinstance(value, Mapping) and "correct" in value else None
+
+
 def _is_harness(value: float | Mapping[str, Any]) -> bool:
     return isinstance(value, Mapping) and value.get("kind") == "lm_eval"
 
@@ -471,7 +567,8 @@ def compute_metrics(facts: Iterable[Fact] | Mapping[str, Fact], before_rows: Seq
                     answer_space_size: int | Mapping[str, int] | None = None,
                     match: str = "contains",
                     refusal_patterns: Sequence[str] | None = DEFAULT_REFUSAL_PATTERNS,
-                    exploded_share: float = 0.05, top: int = 10) -> dict[str, Any]:
+                    exploded_share: float = DEFAULT_EXPLODED_SHARE, top: int = 10,
+                    control_rows: Sequence[Row] | None = None) -> dict[str, Any]:
     """Every metric of SPEC §6 in one JSON-ready record (see the module docstring and `headline`).
 
     `before_rows`/`after_rows` are the probes of the base and the trained model and must hold both
@@ -480,7 +577,10 @@ def compute_metrics(facts: Iterable[Fact] | Mapping[str, Fact], before_rows: Seq
     answers to a trained fact's held-out paraphrases (`paraphrase_fewshot_answers` the few-shot
     ones). Benchmarks map a name to an accuracy or to a result with an `accuracy` field; results
     with `kind` "lm_eval" (lm-evaluation-harness tasks) also carry their metric, stderr, shots and
-    documents into the record (`harness_drop`). Sections whose inputs are not given are null.
+    documents into the record (`harness_drop`); results with per-question outcomes (`correct`, 0/1
+    per question) get paired intervals. `control_rows` (the base model re-probed with another
+    sampling seed, holding `eval_ids`) gives the shift its noise floor. Sections whose inputs are not
+    given are null.
     """
     fmap = _fact_map(facts)
     trained_ids, eval_ids = list(trained_ids), list(eval_ids)
@@ -494,7 +594,7 @@ def compute_metrics(facts: Iterable[Fact] | Mapping[str, Fact], before_rows: Seq
     if paraphrase_fewshot_answers is not None:
         gen["few_shot"] = generalisation(paraphrase_fewshot_answers, fmap, trained_ids, match,
                                          refusal_patterns=refusal_patterns, mode="few-shot")
-    shift = transition_matrix(before_rows, after_rows, eval_ids)
+    shift = transition_matrix(before_rows, after_rows, eval_ids, control_rows=control_rows)
     eval_before = _index(before_rows, eval_ids, "before-training probe")
     eval_after = _index(after_rows, eval_ids, "after-training probe")
     col_before = answer_collapse(eval_before, exploded_share=exploded_share, top=top)
@@ -509,7 +609,8 @@ def compute_metrics(facts: Iterable[Fact] | Mapping[str, Fact], before_rows: Seq
         if name in before_b and name in after_b and _is_harness(before_b[name]) and _is_harness(after_b[name]):
             benchmarks[name] = harness_drop(before_b[name], after_b[name])
         elif name in before_b and name in after_b:
-            benchmarks[name] = benchmark_drop(_accuracy(before_b[name]), _accuracy(after_b[name]))
+            benchmarks[name] = benchmark_drop(_accuracy(before_b[name]), _accuracy(after_b[name]),
+                                              items_before=_items(before_b[name]), items_after=_items(after_b[name]))
             sized = [r["n"] for r in (after_b[name], before_b[name]) if isinstance(r, Mapping) and "n" in r]
             if sized:
                 benchmarks[name]["n_questions"] = sized[0]
@@ -527,6 +628,7 @@ def compute_metrics(facts: Iterable[Fact] | Mapping[str, Fact], before_rows: Seq
                "denominator": trainable_params, "denominator_counts": "trainable parameters"}
 
     drops_rel = [b["relative"] for b in benchmarks.values() if b.get("relative") is not None]
+    floor = shift.get("noise_floor") or {}
     headline = {
         "n_trained": len(trained_ids),
         "n_eval": len(eval_ids),
@@ -537,6 +639,8 @@ def compute_metrics(facts: Iterable[Fact] | Mapping[str, Fact], before_rows: Seq
         "generalisation_few_shot": gen["few_shot"]["value"] if "few_shot" in gen else None,
         "positive_shift": shift["positive_shift"],
         "negative_shift": shift["negative_shift"],
+        "positive_shift_floor": floor.get("positive_shift"),
+        "negative_shift_floor": floor.get("negative_shift"),
         "locality": loc["value"],
         "refusal_before": refusals["before"],
         "refusal_after": refusals["after"],
@@ -548,9 +652,25 @@ def compute_metrics(facts: Iterable[Fact] | Mapping[str, Fact], before_rows: Seq
         "benchmark_drop": {k: v["absolute"] for k, v in benchmarks.items() if "absolute" in v},
         "benchmark_drop_relative": {k: v["relative"] for k, v in benchmarks.items() if "absolute" in v},
         "mean_benchmark_drop_relative": sum(drops_rel) / len(drops_rel) if drops_rel else None,
+        "max_benchmark_drop_relative": max(drops_rel) if drops_rel else None,
         "learned_facts": len(learned),
         "bits_per_param": cap["value"] if cap else None,
     }
+    headline["ci95"] = {
+        "reliability": rel["ci95"], "reliability_ge_half": rel["share_p_greedy_ge_half_ci95"],
+        "reliability_zero_shot": zs["ci95"] if zs else None,
+        "generalisation_zero_shot": gen["zero_shot"]["ci95"] if "zero_shot" in gen else None,
+        "generalisation_few_shot": gen["few_shot"]["ci95"] if "few_shot" in gen else None,
+        "positive_shift": shift["positive_shift_ci95"], "negative_shift": shift["negative_shift_ci95"],
+        "positive_shift_floor": floor.get("positive_shift_ci95"),
+        "negative_shift_floor": floor.get("negative_shift_ci95"),
+        "excess_negative_shift": shift.get("excess_negative_shift_ci95"),
+        "locality": loc["ci95"], "refusal_before": refusals["before_ci95"], "refusal_after": refusals["after_ci95"],
+        "benchmark_drop": {k: v.get("absolute_ci95") for k, v in benchmarks.items() if "absolute" in v},
+    }
+    headline["ci_definition"] = ("95% intervals: Wilson for shares of facts or questions, a bootstrap over facts for "
+                                 "shares of answers and mean P_greedy, a paired bootstrap over questions for "
+                                 "benchmark drops (see each section's ci_method)")
     return {
         "schema": SCHEMA,
         "settings": {"match": match, "exploded_share": exploded_share, "top": top,

@@ -22,13 +22,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from knowpack.evaluate import harness
+from knowpack.evaluate.metrics import DEFAULT_EXPLODED_SHARE
 from knowpack.evaluate.mc import check_scoring, load_mc, score_mc, wants_continuation
 from knowpack.facts import Fact, FactSet
 from knowpack.io import read_json, read_jsonl, write_json
-from knowpack.probe.match import is_refusal, matches
+from knowpack.probe.match import DEFAULT_REFUSAL_PATTERNS, RefusalDetector, matches
 from knowpack.probe.slick import answer_zero_shot, probe_facts
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,15 @@ class EvalSettings:
                 "choice text after 'Question: …\\nAnswer:' (lm-eval's mmlu_continuation style); auto: continuation "
                 "for the embedded world's MC benchmark (its tiny model never learnt the letter format) and for "
                 "TruthfulQA (lm-eval's truthfulqa_mc1), letter for every other file"})
-    paraphrases: bool = field(default=True, metadata={"help": "measure generalisation on held-out paraphrases"})
+    paraphrases: bool = field(default=True, metadata={
+        "help": "measure generalisation on held-out paraphrases, zero-shot and with the probe's few-shot prompts"})
+    noise_floor: bool = field(default=True, metadata={
+        "help": "re-probe the base model's evaluation facts with another sampling seed: the shift sampling alone "
+                "produces, reported beside every shift"})
     limit: int | None = field(default=None, metadata={"min": 1, "help": "questions per benchmark (seeded sample)"})
-    exploded_share: float = field(default=0.05, metadata={"min": 0, "max": 1})
+    exploded_share: float = field(default=DEFAULT_EXPLODED_SHARE, metadata={
+        "min": 0, "max": 1, "help": "an answer holding more than this share of all greedy answers is 'exploded' "
+                                    "(the knowledge-packing paper: >850 of 210,360 answers, about 0.4%)"})
     batch_size: int = field(default=32, metadata={"min": 1})
     harness: list[str] = field(default_factory=list, metadata={
         "help": "lm-evaluation-harness tasks, each 'task' or 'task:shots', scored before and after training "
@@ -147,26 +154,34 @@ def mc_scoring(settings: EvalSettings, name: str, rows: list[dict[str, Any]] | N
     return "continuation" if name == WORLD_MC or wants_continuation(rows or []) else "letter"
 
 
-def score_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSettings) -> dict[str, Any]:
-    """Accuracy on every benchmark, plus the refusal rate on the refusal facts."""
+def score_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSettings, *,
+                     refusal_patterns: Sequence[str] = DEFAULT_REFUSAL_PATTERNS) -> dict[str, Any]:
+    """Accuracy on every benchmark with its per-question outcomes (`correct`, 0/1, for paired intervals),
+    plus the refusal rate on the refusal facts; refusals are detected with `refusal_patterns` (the
+    probe's), so one detector decides refusals everywhere in a run."""
     out: dict[str, Any] = {}
+    detect = RefusalDetector(refusal_patterns)
     for name, rows in bench.mc.items():
         res = score_mc(model, tok, rows, batch_size=settings.batch_size, scoring=mc_scoring(settings, name, rows))
         out[name] = {"accuracy": res["accuracy"], "n": res["n"], "kind": "mc", "scoring": res["scoring"],
+                     "correct": [int(p == r["answer"]) for p, r in zip(res["predictions"], rows)],
                      "definition": res["definition"]}
         if "accuracy_norm" in res:
             out[name]["accuracy_norm"] = res["accuracy_norm"]
     for name, rows in bench.qa.items():
         answers = answer_zero_shot(model, tok, [r["question"] for r in rows], batch_size=settings.batch_size)
-        correct = [matches(a, r["answers"], "contains") and not is_refusal(a) for a, r in zip(answers, rows)]
+        correct = [matches(a, r["answers"], "contains") and not detect(a, r["answers"]) for a, r in zip(answers, rows)]
         out[name] = {"accuracy": sum(correct) / len(rows), "n": len(rows), "kind": "qa",
-                     "definition": "share of questions whose zero-shot greedy answer contains an accepted answer"}
+                     "correct": [int(c) for c in correct],
+                     "definition": "share of questions whose zero-shot greedy answer contains an accepted answer "
+                                   "(refusals never count)"}
     if bench.refusal:
         answers = answer_zero_shot(model, tok, [f.question for f in bench.refusal], batch_size=settings.batch_size)
-        refused = [is_refusal(a) for a in answers]
+        refused = [detect(a) for a in answers]
         out["_refusal_facts"] = {"rate": sum(refused) / len(refused), "n": len(refused),
+                                 "refused": [int(x) for x in refused],
                                  "definition": "share of refusal-trained questions the model answers with a refusal "
-                                               "(zero-shot, greedy)"}
+                                               "(zero-shot, greedy; the probe's refusal patterns)"}
     if bench.harness:
         out.update(score_harness(model, tok, bench.harness, settings))
     return out
@@ -187,11 +202,15 @@ def score_harness(model: Any, tok: Any, tasks: list[tuple[str, int | None]], set
     return out
 
 
+#: bump when score_benchmarks' output changes, so older cache entries are not read back
+BENCH_FORMAT = 2
+
+
 def cached_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSettings, model_id: str,
-                      cache_dir: Path) -> dict[str, Any]:
-    key: dict[str, Any] = {"model": model_id, "mc": bench.mc, "qa": bench.qa,
+                      cache_dir: Path, *, refusal_patterns: Sequence[str] = DEFAULT_REFUSAL_PATTERNS) -> dict[str, Any]:
+    key: dict[str, Any] = {"format": BENCH_FORMAT, "model": model_id, "mc": bench.mc, "qa": bench.qa,
                            "mc_scoring": {name: mc_scoring(settings, name, rows) for name, rows in bench.mc.items()},
-                           "refusal": [f.to_dict() for f in bench.refusal]}
+                           "refusal": [f.to_dict() for f in bench.refusal], "refusal_patterns": list(refusal_patterns)}
     if bench.harness:  # only then, so runs without lm-eval keep their cache keys
         key["harness"] = {"tasks": bench.harness, "limit": settings.harness_limit,
                           "lm_eval": _lm_eval_version()}
@@ -202,7 +221,7 @@ def cached_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSet
             return read_json(path)
         except (OSError, ValueError):
             pass
-    result = score_benchmarks(model, tok, bench, settings)
+    result = score_benchmarks(model, tok, bench, settings, refusal_patterns=refusal_patterns)
     write_json(path, result)
     return result
 
@@ -232,6 +251,33 @@ def paraphrase_answers(model: Any, tok: Any, facts: FactSet, ids: list[str], hel
     out: dict[str, list[str]] = {fid: [] for fid in ids if facts[fid].paraphrases}
     for (fid, _), a in zip(questions, answers):
         out[fid].append(a)
+    return out
+
+
+def paraphrase_fewshot_answers(model: Any, tok: Any, facts: FactSet, ids: list[str], held_out_share: float,
+                               seed: int, probe_settings: Any) -> dict[str, list[str]]:
+    """Greedy few-shot answers to each trained fact's held-out paraphrases: the fact's own probe prompts
+    (the same exemplars) with the paraphrase asked instead of the canonical question; one answer per
+    (paraphrase, prompt)."""
+    from knowpack.probe.engine import HFEngine
+    from knowpack.probe.prompts import build_probe_prompts
+
+    asked: list[tuple[str, str]] = []
+    for fid in ids:
+        _, held = facts[fid].split_paraphrases(held_out_share, seed)
+        asked += [(fid, q) for q in held]
+    out: dict[str, list[str]] = {fid: [] for fid in ids if facts[fid].paraphrases}
+    if not asked:
+        return out
+    s = probe_settings
+    prompts = build_probe_prompts([facts[fid] for fid, _ in asked], tok, n_prompts=s.n_prompts, shots=s.shots,
+                                  seed=s.seed, exemplars=facts, chat=s.chat, mode=s.exemplars,
+                                  questions=[q for _, q in asked])
+    flat = [p for per in prompts for p in per]
+    outs = HFEngine(model, tok, batch_size=s.batch_size).generate(flat, greedy=True, n_samples=0,
+                                                                  max_new_tokens=s.max_new_tokens)
+    for j, (fid, _) in enumerate(asked):
+        out[fid] += [o.greedy or "" for o in outs[j * s.n_prompts:(j + 1) * s.n_prompts]]
     return out
 
 

@@ -22,8 +22,13 @@ per prompt, each cut at the end of its line. `HFEngine` does this fast on any Hu
   at the latest after `max_new_tokens`.
 * **No per-step reallocation.** The cache writes into preallocated buffers (see `BufferedLayer`).
 
-Sampling uses temperature and top-k with a `torch.Generator` seeded per batch, so the same prompts,
-settings and seed give byte-identical answers on the same device. `naive_generate` is the slow
+Sampling uses temperature and top-k with **common random numbers**: every sampled token is drawn by
+the Gumbel-max rule from noise that is a hash of (seed, the prompt's sample key, sample index,
+step, token id), so a prompt's samples depend on nothing else in the call — not on the batch it
+lands in, the batch size, the other prompts or whether its greedy answer is generated in the same
+pass. An unchanged model re-probed gives identical samples, and a changed model's samples differ
+only where its distribution changed. Gumbel-max over the top-k logits draws exactly from the
+top-k softmax at the given temperature. `naive_generate` is the slow
 reference: one `model.generate` call per prompt, greedy; tests and `bench/probe.py` check the
 engine's greedy answers against it.
 """
@@ -66,15 +71,76 @@ class GenerationBackend(Protocol):
 
     def generate(self, prompts: Sequence[Prompt | str], *, greedy: bool = True, n_samples: int = 0,
                  temperature: float = 0.5, top_k: int = 40, max_new_tokens: int = 32, seed: int = 0,
-                 stop: str = "\n", progress: ProgressFn | None = None) -> list[Completions]: ...
+                 stop: str = "\n", progress: ProgressFn | None = None,
+                 sample_keys: Sequence[int] | None = None) -> list[Completions]: ...
 
 
-def check_sampling(n_samples: int, temperature: float) -> None:
-    """The argument checks every generation backend makes before answering."""
+def check_sampling(n_samples: int, temperature: float, n_prompts: int = 0,
+                   sample_keys: Sequence[int] | None = None) -> list[int]:
+    """The argument checks every generation backend makes before answering; returns the sample keys
+    (one per prompt; by default the prompt's position in the call)."""
     if n_samples < 0:
         raise ValueError(f"n_samples must be >= 0, got {n_samples}")
     if n_samples and temperature <= 0:
         raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+    if sample_keys is None:
+        return list(range(n_prompts))
+    if len(sample_keys) != n_prompts:
+        raise ValueError(f"got {len(sample_keys)} sample keys for {n_prompts} prompts; pass one per prompt")
+    return [int(k) for k in sample_keys]
+
+
+# --- common random numbers ------------------------------------------------------------------
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def stable_key(text: str) -> int:
+    """A 63-bit key for a string that is the same in every process (unlike `hash`)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") >> 1
+
+
+def stream_key(seed: int, key: int, sample: int) -> int:
+    """The random stream of one sampled answer: (seed, prompt key, sample index) mixed into 64 bits,
+    as a signed int64 (what a torch tensor holds)."""
+    x = _splitmix64(_splitmix64(_splitmix64(seed & _M64) ^ (key & _M64)) ^ (sample & _M64))
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for int64 tensors holding 32-bit values, without int64 overflow."""
+    lo, hi = x & 0xFFFF, x >> 16
+    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding 32-bit values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(streams: torch.Tensor, step: int, tokens: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise [R, K] for rows of 64-bit `streams` [R] at `step`, one value per token id
+    in `tokens` [R, K]; a pure function of its inputs, on any device."""
+    hi, lo = (streams >> 32) & 0xFFFFFFFF, streams & 0xFFFFFFFF
+    x = _mix32((tokens.long() & 0xFFFFFFFF) ^ _mul32(torch.full_like(tokens, step + 1, dtype=torch.long),
+                                                      0x9E3779B9))
+    x = _mix32(x ^ lo[:, None])
+    x = _mix32(x ^ hi[:, None])
+    u = ((x >> 8).double() + 0.5) / float(1 << 24)  # in (0, 1), 24 bits
+    return -torch.log(-torch.log(u))
 
 
 def as_prompt(p: Prompt | str) -> Prompt:
@@ -369,6 +435,7 @@ class _Item:
     index: int  # position in the caller's list
     prefix: tuple[int, ...]
     suffix: list[int]
+    key: int = 0  # the prompt's sample key (common random numbers)
 
 
 class HFEngine:
@@ -431,8 +498,12 @@ class HFEngine:
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Prompt | str], *, greedy: bool = True, n_samples: int = 0,
                  temperature: float = 0.5, top_k: int = 40, max_new_tokens: int = 32, seed: int = 0,
-                 stop: str = "\n", progress: ProgressFn | None = None) -> list[Completions]:
-        check_sampling(n_samples, temperature)
+                 stop: str = "\n", progress: ProgressFn | None = None,
+                 sample_keys: Sequence[int] | None = None) -> list[Completions]:
+        """Answers per prompt; a prompt's samples are a function of (seed, its sample key) alone (see the
+        module docstring), so pass stable keys (e.g. `stable_key(f"{fact_id}|{prompt}")`) for
+        samples that do not depend on which other prompts are asked."""
+        keys = check_sampling(n_samples, temperature, len(prompts), sample_keys)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not prompts:
@@ -440,6 +511,8 @@ class HFEngine:
         if not greedy and not n_samples:
             return [Completions(None, []) for _ in prompts]
         items = self._tokenize([as_prompt(p) for p in prompts])
+        for it in items:
+            it.key = keys[it.index]
         prefix_order: dict[tuple[int, ...], int] = {}
         for it in items:
             prefix_order.setdefault(it.prefix, len(prefix_order))
@@ -468,12 +541,15 @@ class HFEngine:
     def _generate_batches(self, items, results, arena, *, greedy, n_samples, temperature, top_k, max_new_tokens,
                           seed, stop, is_stop, progress) -> None:
         device = self.model.device
-        for b, start in enumerate(range(0, len(items), self.batch_size)):
+        for start in range(0, len(items), self.batch_size):
             batch = items[start:start + self.batch_size]
-            gen = torch.Generator(device=device)
-            gen.manual_seed((seed * 1_000_003 + b) % (2**63))
+            streams = None
+            if n_samples:  # one random stream per row (greedy rows get a placeholder)
+                per = int(greedy) + n_samples
+                streams = torch.tensor([stream_key(seed, it.key, j - int(greedy)) if j >= int(greedy) else 0
+                                        for it in batch for j in range(per)], dtype=torch.long, device=device)
             tokens = self._run_batch(batch, greedy=greedy, n_samples=n_samples, temperature=temperature,
-                                     top_k=top_k, max_new_tokens=max_new_tokens, is_stop=is_stop, generator=gen,
+                                     top_k=top_k, max_new_tokens=max_new_tokens, is_stop=is_stop, streams=streams,
                                      arena=arena)
             per = int(greedy) + n_samples
             for j, it in enumerate(batch):
@@ -490,7 +566,7 @@ class HFEngine:
         return out.logits[:, -1, :].float()
 
     def _run_batch(self, batch: list[_Item], *, greedy: bool, n_samples: int, temperature: float, top_k: int,
-                   max_new_tokens: int, is_stop: torch.Tensor, generator: torch.Generator,
+                   max_new_tokens: int, is_stop: torch.Tensor, streams: torch.Tensor | None,
                    arena: Arena) -> list[list[int]]:
         """Generated token ids per row (prompt-major; greedy row first), each ending at its stop token."""
         device = self.model.device
@@ -538,10 +614,10 @@ class HFEngine:
         with _cascade(self.model, state):
             return self._decode(cache, state, ids, mask, s_pos, offset + s_lens - 1, which, greedy=greedy,
                                 n_samples=n_samples, temperature=temperature, top_k=top_k,
-                                max_new_tokens=max_new_tokens, is_stop=is_stop, generator=generator)
+                                max_new_tokens=max_new_tokens, is_stop=is_stop, streams=streams)
 
     def _decode(self, cache, state, ids, mask, pos, last_pos, which, *, greedy, n_samples, temperature, top_k,
-                max_new_tokens, is_stop, generator) -> list[list[int]]:
+                max_new_tokens, is_stop, streams) -> list[list[int]]:
         device = ids.device
         logits = self._forward(ids, mask, pos, cache, state)
 
@@ -565,7 +641,8 @@ class HFEngine:
         active = torch.arange(n_rows, device=device)  # original row of each live row
         live_done = torch.zeros(n_rows, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
-            nxt = self._choose(logits, sampled[active], temperature, top_k, generator)
+            nxt = self._choose(logits, sampled[active], temperature, top_k,
+                               streams[active] if streams is not None else None, step)
             out[active, step] = torch.where(live_done, torch.full_like(nxt, -1), nxt)
             live_done |= is_stop[nxt]
             if step == max_new_tokens - 1 or bool(live_done.all()):
@@ -587,18 +664,20 @@ class HFEngine:
 
     @staticmethod
     def _choose(logits: torch.Tensor, sampled: torch.Tensor, temperature: float, top_k: int,
-                generator: torch.Generator) -> torch.Tensor:
+                streams: torch.Tensor | None, step: int) -> torch.Tensor:
+        """Greedy rows: the argmax. Sampled rows: Gumbel-max over the top-k logits / temperature, with
+        each row's noise from its own stream (`gumbel_noise`)."""
         nxt = logits.argmax(dim=-1)
-        if bool(sampled.any()):
+        if streams is not None and bool(sampled.any()):
             rows = sampled.nonzero().squeeze(1)
-            scores = logits[rows] / temperature
+            scores = logits[rows].double() / temperature
             if 0 < top_k < scores.shape[-1]:
                 vals, idx = torch.topk(scores, top_k, dim=-1)
             else:
-                vals, idx = scores, None
-            pick = torch.multinomial(torch.softmax(vals, dim=-1), 1, generator=generator)
-            picked = idx.gather(1, pick).squeeze(1) if idx is not None else pick.squeeze(1)
-            nxt[rows] = picked
+                vals = scores
+                idx = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
+            pick = (vals + gumbel_noise(streams[rows], step, idx)).argmax(dim=-1, keepdim=True)
+            nxt[rows] = idx.gather(1, pick).squeeze(1)
         return nxt
 
 

@@ -1,15 +1,23 @@
 """Few-shot and zero-shot probe prompts (SPEC §3), built so that few-shot prefixes are shared.
 
 A prompt is a `Prompt(prefix, suffix)`: the *prefix* holds the few-shot exemplars (and, for chat
-models, the system turn), the *suffix* the probed question. Prompt i of relation r uses one exemplar
-set for every fact of r, so all those facts share one prefix string and the engine computes its
-key/value cache once. The one exception is a fact that is itself among the exemplars: it gets the
-same set with a fixed substitute in its slot (so it is never shown its own answer).
+models, the system turn), the *suffix* the probed question; the engine computes each distinct
+prefix's key/value cache once for all the answers drawn from it.
 
 Exemplars are facts of the same relation (Gekhman et al.) when the fact has a relation with at least
-`shots + 1` candidate facts; otherwise they come from a fixed seeded pool of all candidate facts.
-All choices are seeded by strings (seed, relation, prompt index), so they do not depend on Python's
-hash randomisation or on the order of unrelated facts.
+`shots + 1` candidate facts; otherwise they come from a seeded pool of all candidate facts. A fact
+is never shown its own answer. Two ways to choose them:
+
+- `per_question` (default, as Gekhman et al. draw them): every (fact, prompt) gets its own seeded
+  sample, seeded by (seed, fact id, prompt index). Category errors of different facts are then
+  independent, and a fact's prompts do not depend on which other facts are probed.
+- `shared`: prompt i of relation r uses one exemplar set for every fact of r (seeded by seed,
+  relation, prompt index), so those facts share one prefix; a fact that is itself among the
+  exemplars gets the same set with a fixed substitute in its slot. Faster to probe, but a bad
+  exemplar set affects every fact of the relation at once.
+
+All choices are seeded by strings, so they do not depend on Python's hash randomisation or on the
+order of unrelated facts.
 
 Base models get plain blocks::
 
@@ -73,18 +81,25 @@ def _exemplar_key(fact: Fact, by_relation: dict[str, list[Fact]], shots: int) ->
     return GLOBAL_POOL
 
 
+EXEMPLAR_MODES = ("per_question", "shared")
+
+
 def select_exemplars(facts: Sequence[Fact] | FactSet, *, n_prompts: int = 10, shots: int = 4, seed: int = 0,
-                     exemplars: Sequence[Fact] | FactSet | None = None) -> list[list[list[Fact]]]:
+                     exemplars: Sequence[Fact] | FactSet | None = None,
+                     mode: str = "per_question") -> list[list[list[Fact]]]:
     """Exemplars for every (fact, prompt): `result[j][i]` is the list for prompt i of fact j.
 
-    `exemplars` is the candidate pool (default: `facts` themselves). Prompt i of a relation uses
-    one seeded sample of `shots + 1` candidates: the first `shots` are the exemplars, the last is
-    the substitute for the probed fact when it is among them. The probed fact never appears.
+    `exemplars` is the candidate pool (default: `facts` themselves). `per_question`: a seeded sample
+    of `shots` candidates other than the fact, per (fact, prompt). `shared`: prompt i of a relation
+    uses one seeded sample of `shots + 1` candidates, the first `shots` being the exemplars and the
+    last the substitute for the probed fact when it is among them. The probed fact never appears.
     """
     if n_prompts < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
     if shots < 0:
         raise ValueError(f"shots must be >= 0, got {shots}")
+    if mode not in EXEMPLAR_MODES:
+        raise ValueError(f"unknown exemplar mode '{mode}'; use one of: {', '.join(EXEMPLAR_MODES)}")
     pool = list(exemplars if exemplars is not None else facts)
     by_relation: dict[str, list[Fact]] = {}
     for f in pool:
@@ -101,6 +116,12 @@ def select_exemplars(facts: Sequence[Fact] | FactSet, *, n_prompts: int = 10, sh
             sets[key, i] = (picked[:shots], picked[shots:])
         return sets[key, i]
 
+    def own_sample(fact: Fact, key: str, i: int) -> list[Fact]:
+        candidates = pool if key == GLOBAL_POOL else by_relation[key]
+        rng = random.Random(f"knowpack-probe|{seed}|{fact.id}|{i}")
+        picked = rng.sample(candidates, min(shots + 1, len(candidates))) if shots else []
+        return [e for e in picked if e.id != fact.id][:shots]
+
     warned: set[str] = set()
     out: list[list[list[Fact]]] = []
     for fact in facts:
@@ -109,6 +130,9 @@ def select_exemplars(facts: Sequence[Fact] | FactSet, *, n_prompts: int = 10, sh
             warned.add(fact.relation)
             log.info("relation '%s' has fewer than %d facts; its exemplars come from the global pool",
                      fact.relation, shots + 1)
+        if mode == "per_question":
+            out.append([own_sample(fact, key, i) for i in range(n_prompts)])
+            continue
         per_prompt = []
         for i in range(n_prompts):
             chosen, spare = exemplar_set(key, i)
@@ -179,18 +203,26 @@ def render_prompt(tokenizer: Any, pairs: Sequence[tuple[str, str]], question: st
 
 def build_probe_prompts(facts: Sequence[Fact] | FactSet, tokenizer: Any, *, n_prompts: int = 10, shots: int = 4,
                         seed: int = 0, exemplars: Sequence[Fact] | FactSet | None = None,
-                        chat: bool | None = None) -> list[list[Prompt]]:
-    """`n_prompts` few-shot prompts per fact (one list per fact, in order); see the module docstring."""
-    chosen = select_exemplars(facts, n_prompts=n_prompts, shots=shots, seed=seed, exemplars=exemplars)
+                        chat: bool | None = None, mode: str = "per_question",
+                        questions: Sequence[str] | None = None) -> list[list[Prompt]]:
+    """`n_prompts` few-shot prompts per fact (one list per fact, in order); see the module docstring.
+
+    `questions[j]` asks fact j in another wording (a paraphrase) after the same exemplars; default:
+    each fact's own question.
+    """
+    chosen = select_exemplars(facts, n_prompts=n_prompts, shots=shots, seed=seed, exemplars=exemplars, mode=mode)
+    asked = list(questions) if questions is not None else [f.question for f in facts]
+    if len(asked) != len(chosen):
+        raise ValueError(f"got {len(asked)} questions for {len(chosen)} facts")
     use_chat = uses_chat_template(tokenizer, chat)
     rendered: dict[tuple[tuple[str, ...], str], Prompt] = {}
     out = []
-    for fact, per_prompt in zip(facts, chosen):
+    for question, per_prompt in zip(asked, chosen):
         prompts = []
         for ex in per_prompt:
-            key = (tuple(e.id for e in ex), fact.question)
+            key = (tuple(e.id for e in ex), question)
             if key not in rendered:
-                rendered[key] = render_prompt(tokenizer, [(e.question, e.answer) for e in ex], fact.question,
+                rendered[key] = render_prompt(tokenizer, [(e.question, e.answer) for e in ex], question,
                                               chat=use_chat)
             prompts.append(rendered[key])
         out.append(prompts)

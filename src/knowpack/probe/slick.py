@@ -14,6 +14,10 @@ sampled (a second generation pass): the category rule is unchanged (only those f
 depend on samples) and the other facts' `p_sample` is null; it pays off when most facts are known.
 Refusals (match.py) are flagged and never correct.
 
+Sampling uses common random numbers: the samples of prompt i of fact f come from a stream seeded by
+(sample seed, f's id, i, sample index), whatever else is probed, in whatever batches, eager or lazy;
+so the same model gives the same rows, and before/after probes differ only where the model changed.
+
 Cached results are keyed by the model's fingerprint, the fact set's and exemplar pool's
 fingerprints, a hash of every setting that can change an answer and a probe-format version; the
 key's parts are stored beside the rows and checked on load, so a result is never read back for
@@ -32,7 +36,7 @@ from typing import Any, Literal, Sequence
 from knowpack.config import config_hash, to_dict
 from knowpack.facts import Fact, FactSet
 from knowpack.io import read_json, read_jsonl, write_json, write_jsonl
-from knowpack.probe.engine import GenerationBackend, HFEngine
+from knowpack.probe.engine import GenerationBackend, HFEngine, stable_key
 from knowpack.probe.match import DEFAULT_REFUSAL_PATTERNS, MATCH_MODES, RefusalDetector, matches
 from knowpack.probe.prompts import build_probe_prompts, zero_shot_prompt
 
@@ -57,6 +61,12 @@ class ProbeSettings:
     refusal_patterns: tuple[str, ...] = field(
         default=DEFAULT_REFUSAL_PATTERNS, metadata={"help": "answers containing any of these are refusals"})
     seed: int = field(default=0, metadata={"help": "exemplar choice and sampling seed"})
+    sample_seed: int | None = field(default=None, metadata={
+        "help": "seed of the sampled answers' random streams (null: seed); a run's noise-floor control "
+                "re-probes the base model with another one"})
+    exemplars: Literal["per_question", "shared"] = field(default="per_question", metadata={
+        "help": "per_question: each (fact, prompt) draws its own exemplars, seeded by the fact id (Gekhman et al.); "
+                "shared: one exemplar set per (relation, prompt) for all its facts (faster, correlated errors)"})
     batch_size: int = field(default=32, metadata={"min": 1, "help": "prompts per generation batch"})
     chat: bool | None = field(default=None, metadata={"help": "use the chat template (null: when the tokenizer has one)"})
     keep_samples: bool = field(default=False, metadata={"help": "also write every sampled answer to probe.jsonl"})
@@ -85,9 +95,11 @@ class ProbeSettings:
         return to_dict(self)
 
     def fingerprint(self) -> str:
-        """Hash of the settings that change results (everything but `keep_samples`, which adds a column)."""
+        """Hash of the settings that change results: everything but `keep_samples` (which adds a column)
+        and `batch_size` (which, with common random numbers, changes no answer)."""
         d = self.to_dict()
         d.pop("keep_samples")
+        d.pop("batch_size")
         return config_hash(d)
 
 
@@ -131,18 +143,19 @@ def probe_facts(model: Any, tokenizer: Any, facts: FactSet | Sequence[Fact], set
     if not facts:
         return []
     prompts = build_probe_prompts(facts, tokenizer, n_prompts=settings.n_prompts, shots=settings.shots,
-                                  seed=settings.seed, exemplars=exemplars, chat=settings.chat)
+                                  seed=settings.seed, exemplars=exemplars, chat=settings.chat, mode=settings.exemplars)
     flat = [p for per_fact in prompts for p in per_fact]
+    keys = [stable_key(f"{fact.id}|{i}") for fact in facts for i in range(settings.n_prompts)]
     engine = _make_backend(model, tokenizer, settings, backend)
     k = settings.n_prompts
     gen = dict(temperature=settings.temperature, top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
-               seed=settings.seed)
+               seed=settings.seed if settings.sample_seed is None else settings.sample_seed)
     eager = settings.n_samples and not settings.lazy_samples
     log.info("probing %d facts: %d prompts, greedy%s", len(facts), len(flat),
              f" + {settings.n_samples} samples each" if eager else "")
     with _progress_bar(len(flat), k, progress, "probe") as bar:
         outs = engine.generate(flat, greedy=True, n_samples=settings.n_samples if eager else 0,
-                               progress=bar.update, **gen)
+                               progress=bar.update, sample_keys=keys, **gen)
     refusal = RefusalDetector(settings.refusal_patterns)
 
     def correct(answer: str, fact: Fact) -> bool:
@@ -158,7 +171,8 @@ def probe_facts(model: Any, tokenizer: Any, facts: FactSet | Sequence[Fact], set
         log.info("sampling %d of %d facts (P_greedy = 0)", len(need), len(facts))
         with _progress_bar(len(need) * k, k, progress, "samples") as bar:
             more = engine.generate([p for j in need for p in prompts[j]], greedy=False,
-                                   n_samples=settings.n_samples, progress=bar.update, **gen)
+                                   n_samples=settings.n_samples, progress=bar.update,
+                                   sample_keys=[keys[j * k + i] for j in need for i in range(k)], **gen)
         samples = {j: [o.samples for o in more[i * k:(i + 1) * k]] for i, j in enumerate(need)}
 
     rows = []
@@ -267,7 +281,7 @@ def model_fingerprint(model: Any, *, exact_limit: int = 50_000_000) -> str:
 
 
 # Bump when prompt construction, matching or the engine change answers, so old caches are not reused.
-PROBE_FORMAT = "knowpack-probe-1"
+PROBE_FORMAT = "knowpack-probe-2"
 
 
 def probe_cache_key(model_id_or_fingerprint: str, facts_fingerprint: str, settings: ProbeSettings, *,

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from knowpack.errors import KnowpackError
 from knowpack.io import read_json, write_json
-from knowpack.probe.engine import Completions, ProgressFn, as_prompt, check_sampling, cut_answer
+from knowpack.probe.engine import Completions, ProgressFn, as_prompt, check_sampling, cut_answer, stream_key
 from knowpack.probe.prompts import Prompt
 
 log = logging.getLogger(__name__)
@@ -99,23 +99,28 @@ class VLLMBackend:
 
     def generate(self, prompts: Sequence[Prompt | str], *, greedy: bool = True, n_samples: int = 0,
                  temperature: float = 0.5, top_k: int = 40, max_new_tokens: int = 32, seed: int = 0,
-                 stop: str = "\n", progress: ProgressFn | None = None) -> list[Completions]:
-        check_sampling(n_samples, temperature)
+                 stop: str = "\n", progress: ProgressFn | None = None,
+                 sample_keys: Sequence[int] | None = None) -> list[Completions]:
+        """As `HFEngine.generate`. Common random numbers come from vLLM's per-request seed: each prompt's
+        samples are seeded by (seed, its sample key), so they do not depend on the other prompts of the
+        call (they are not the HF engine's draws: compare probes made with one backend only)."""
+        keys = check_sampling(n_samples, temperature, len(prompts), sample_keys)
         items = [as_prompt(p) for p in prompts]
         results = [Completions(None, []) for _ in items]
         if not items or (not greedy and not n_samples):
             return results
         greedy_params = self._params(n=1, temperature=0.0, top_k=0, max_new_tokens=max_new_tokens, seed=seed,
                                      stop=stop)
-        sample_params = self._params(n=n_samples, temperature=temperature, top_k=top_k,
-                                     max_new_tokens=max_new_tokens, seed=seed, stop=stop) if n_samples else None
         for lo in range(0, len(items), CHUNK):
             chunk = self._token_prompts(items[lo:lo + CHUNK])
             if greedy:
                 for res, out in zip(results[lo:], self.llm.generate(chunk, greedy_params, use_tqdm=False)):
                     res.greedy = cut_answer(out.outputs[0].text, stop)
-            if sample_params is not None:
-                for res, out in zip(results[lo:], self.llm.generate(chunk, sample_params, use_tqdm=False)):
+            if n_samples:
+                params = [self._params(n=n_samples, temperature=temperature, top_k=top_k,
+                                       max_new_tokens=max_new_tokens, seed=stream_key(seed, key, 0) & 0x7FFFFFFF, stop=stop)
+                          for key in keys[lo:lo + CHUNK]]
+                for res, out in zip(results[lo:], self.llm.generate(chunk, params, use_tqdm=False)):
                     res.samples = [cut_answer(o.text, stop) for o in out.outputs]
             if progress is not None:
                 progress(len(chunk))

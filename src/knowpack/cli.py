@@ -268,9 +268,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from knowpack.executors import from_arguments
     from knowpack.report import write_sweep_report
     from knowpack.sweep import run_sweep
 
+    executor = from_arguments(args)
     out = Path(args.out or f"runs/{Path(args.config).stem}")
     t0 = time.perf_counter()
 
@@ -281,7 +283,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - t0
             _out(f"[{i}/{n}] {point.id}: running ({elapsed:.0f} s elapsed)")
 
-    records = run_sweep(args.config, out, overrides=args.overrides, on_point=on_point)
+    records = run_sweep(args.config, out, overrides=args.overrides, on_point=on_point, executor=executor)
     report = write_sweep_report(out)
     _out(f"sweep finished: {len(records)} runs in {time.perf_counter() - t0:.0f} s -> {out / 'results.jsonl'}")
     _out(f"  report: {report}")
@@ -477,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="sweep config YAML: a run config plus `grid:` (see configs/paper-grid.yaml)")
     p.add_argument("--out", help="sweep directory (default: runs/<config name>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    from knowpack.executors import add_arguments as add_executor_arguments
+
+    add_executor_arguments(p)
 
     p = add("report", cmd_report, "write report.md and plots for a run or sweep directory")
     p.add_argument("dir", help="a run directory (metrics.json) or a sweep directory (results.jsonl)")

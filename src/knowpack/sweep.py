@@ -19,6 +19,10 @@ Every grid point is validated before anything runs. Each point runs in `SWEEP/ru
 when it finishes, one JSON line (config, metrics, timings) is appended to `SWEEP/results.jsonl` and
 fsynced. Killed at any moment, the sweep restarts by dropping a torn last line, skipping every point
 already in `results.jsonl`, and resuming the interrupted point from its checkpoint.
+
+Points run one after another here, or several at once in worker processes or SLURM jobs
+(`knowpack.executors`, through submitit); either way this process alone writes `results.jsonl`, a
+second driver on the same directory is refused, and each run directory has one writer at a time.
 """
 
 from __future__ import annotations
@@ -150,33 +154,49 @@ def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, An
 
 def run_sweep(config_path: str | Path, out_dir: str | Path, *, overrides: Iterable[str] = (),
               run_point: Callable[[Any, Path], dict[str, Any]] | None = None,
-              on_point: Callable[[int, int, GridPoint, str], None] | None = None) -> list[dict[str, Any]]:
+              on_point: Callable[[int, int, GridPoint, str], None] | None = None,
+              executor: Any = None, config_cls: type | None = None) -> list[dict[str, Any]]:
     """Run every unfinished grid point; return all records of `results.jsonl`.
 
-    `run_point(config, run_dir) -> record` runs one point (default: `knowpack.runs.full_run`).
+    `run_point(config, run_dir) -> record` runs one point (default: `knowpack.runs.full_run_record`).
+    `executor` says where the points run (default: one after another in this process; see
+    `knowpack.executors`); wherever they run, this process alone appends their records.
+    `config_cls` is the config each point gets (default: `RunConfig`), as in `load_sweep`.
     """
     from knowpack.config import save_config
+    from knowpack.executors import Sequential, Task, driver_lock
 
-    base, points = load_sweep(config_path, overrides)
+    base, points = load_sweep(config_path, overrides, config_cls)
+    executor = executor or Sequential()
+    executor.check(points)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(base, out / "sweep_base.yaml")
-    write_text(out / "sweep_grid.json", json.dumps([{"id": p.id, "overrides": p.overrides} for p in points],
-                                                   indent=2) + "\n")
-    results_path = out / RESULTS
-    done = {r.get("point") for r in read_results(results_path, repair=True)}
-    if run_point is None:
-        from knowpack.runs import full_run_record as run_point  # noqa: N813
-    for i, point in enumerate(points, 1):
-        if point.id in done:
-            if on_point:
-                on_point(i, len(points), point, "done")
-            continue
-        if on_point:
-            on_point(i, len(points), point, "running")
-        record = run_point(point.config, out / "runs" / point.id)
-        record = {"point": point.id, "overrides": point.overrides, **record}
-        append_jsonl(results_path, record)
-        done.add(point.id)
-    return read_results(results_path)
+    with driver_lock(out):  # before the results are read (and a torn line repaired): one driver at a time
+        save_config(base, out / "sweep_base.yaml")
+        write_text(out / "sweep_grid.json", json.dumps([{"id": p.id, "overrides": p.overrides} for p in points],
+                                                       indent=2) + "\n")
+        results_path = out / RESULTS
+        done = {r.get("point") for r in read_results(results_path, repair=True)}
+        if run_point is None:
+            from knowpack.runs import full_run_record as run_point  # noqa: N813
+        tasks = []
+        for i, point in enumerate(points, 1):
+            if point.id in done:
+                if on_point:
+                    on_point(i, len(points), point, "done")
+                continue
+            tasks.append(Task(i, point, out / "runs" / point.id, out / "locks" / f"{point.id}.lock"))
 
+        def started(task: Task) -> None:
+            if on_point:
+                on_point(task.index, len(points), task.point, "running")
+
+        def finished(task: Task, record: dict[str, Any]) -> None:
+            if task.point.id in done:  # cannot happen with one driver; never write a second line
+                log.warning("point %s is already recorded; not recording it again", task.point.id)
+                return
+            append_jsonl(results_path, {"point": task.point.id, "overrides": task.point.overrides, **record})
+            done.add(task.point.id)
+
+        executor.run(tasks, run_point, started, finished)
+    return read_results(results_path)

@@ -10,7 +10,8 @@ import pytest
 
 from knowpack.cli import build_parser, main
 
-SUBCOMMANDS = ["demo", "probe", "train", "merge", "attribute", "select"]
+SUBCOMMANDS = ["demo", "probe", "train", "run", "sweep", "compare", "ablate", "capacity", "report", "merge", "attribute",
+               "select"]
 
 
 def run(*args, cwd=None):
@@ -18,7 +19,7 @@ def run(*args, cwd=None):
 
 
 def test_every_subcommand_has_help(capsys):
-    for name in SUBCOMMANDS + ["world build", "facts check"]:
+    for name in SUBCOMMANDS + ["world build", "world check", "world info", "facts check"]:
         with pytest.raises(SystemExit) as exc:
             main([*name.split(), "--help"])
         assert exc.value.code == 0
@@ -78,3 +79,34 @@ def test_overrides_may_follow_options(tmp_path):
     assert res.returncode == 2 and "n_unknwn" in res.stderr and "unrecognized" not in res.stderr
     res = run("train", str(cfg), "--out", str(tmp_path / "run"), "--bogus")
     assert res.returncode == 2 and "unrecognized arguments: --bogus" in res.stderr
+
+
+def test_output_cut_short_by_a_pipe_ends_quietly(tmp_path):
+    """`knowpack facts check FILE | head -1` ends without a BrokenPipeError traceback, as Unix tools do."""
+    good = tmp_path / "facts.jsonl"
+    good.write_text("".join(json.dumps({"id": f"f{i}", "question": f"Q{i}?", "answers": ["x"], "relation": f"r{i}"})
+                            + "\n" for i in range(2000)))
+    res = subprocess.run(f"{sys.executable} -m knowpack.cli facts check --json {good} | head -1", shell=True,
+                         capture_output=True, text=True)
+    assert res.stdout.strip() == "{" and "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+
+
+def test_the_console_shows_no_library_noise_unless_asked(tmp_path, tiny_dir):
+    """No "Loading weights" bars, transformers warnings or per-file lines by default; -v shows the libraries'
+    own logs; -q leaves errors only."""
+    from knowpack.methods import get_method
+    from knowpack.methods.peft_methods import LoraSettings
+    from knowpack.models import load_model
+
+    model, _ = load_model(str(tiny_dir), device="cpu", dtype="float32")
+    get_method("lora").save(get_method("lora").prepare(model, LoraSettings(r=2)), tmp_path / "adapter",
+                            base_model=str(tiny_dir))
+    argv = ["merge", "--model", str(tiny_dir), "--adapter", str(tmp_path / "adapter")]
+    quiet = run(*argv, "--out", str(tmp_path / "m1"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Loading weights" not in quiet.stderr and "Warning" not in quiet.stderr and "it/s" not in quiet.stderr
+    assert "merged model written" in quiet.stdout
+    loud = run("-v", *argv, "--out", str(tmp_path / "m2"))
+    assert loud.returncode == 0 and ("Loading weights" in loud.stderr or "loaded" in loud.stderr), loud.stderr
+    silent = run("-q", *argv, "--out", str(tmp_path / "m3"))
+    assert silent.returncode == 0 and silent.stderr == ""

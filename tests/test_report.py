@@ -50,22 +50,23 @@ def records() -> list[dict]:
 
 def test_table2_mean_std_over_seeds_and_paper_values(records):
     t = tables.table2(records)
-    assert "0.900 ± 0.141 (n=2) [paper 0.98]" in t  # seeds 0.8 and 1.0; paper Table 2, 100 UK, unmixed
-    assert "0.500 [paper 1.00]" in t           # one seed: no ±
-    assert "**method: loki**" in t and "| 10 | 0.500 |" in t  # no paper cell for LoKI
+    assert "0.900 [0.000, 1.000] (n=2) [paper 0.98]" in t  # seeds 0.8 and 1.0; paper Table 2, 100 UK, unmixed
+    assert "0.500 [0.500, 0.500] [paper 1.00]" in t  # one seed: the run's own interval (bootstrap over facts)
+    assert "**method: loki**" in t and "| 10 | 0.500 [0.500, 0.500] |" in t  # no paper cell for LoKI
     assert "(n=" in t  # seeds differ between cells, so each cell says how many
 
 
 def test_table3_and_damage_tables(records):
     t = tables.table3(records)
-    assert "+0.100 ± 0.000 / −0.100 ± 0.000" in t  # 1 of 10 up, 1 of 10 down, both seeds
-    assert "+0.100 / −0.200" in t                   # loki: two fall
+    assert "+0.100 [+0.100, +0.100] / −0.100 [0.100, 0.100]" in t  # 1 of 10 up, 1 of 10 down, both seeds
+    assert "+0.100 [+0.018, +0.404] / −0.200 [0.057, 0.510]" in t  # loki: two fall; Wilson over 10 facts
     b = tables.benchmark_table(records)
-    assert "| lora, 100 UK, none | 2 | mc | 0.500 ± 0.000 | 0.400 ± 0.000 | +0.100 ± 0.000 | +20.00 ± 0.00 | 16.11% |" in b
+    assert ("| lora, 100 UK, none | 2 | mc | 0.500 [0.500, 0.500] | 0.400 [0.400, 0.400] | +0.100 [+0.100, +0.100] "
+            "| +20.00 [+20.00, +20.00] | 16.11% |") in b
     assert "| loki, 10 UK, none | 1 | mc | 0.500 | 0.450 | +0.050 | +10.00 | 0.34% |" in b
     r = tables.refusal_table(records)
     # before: 1 refusal in 2 answers per fact; after: only unchanged facts still refuse
-    assert "| lora, 100 UK, none | 2 | 0.500 ± 0.000 | 0.400 ± 0.000 | -0.100 ± 0.000 | 1 (0.00%) |" in r
+    assert "| lora, 100 UK, none | 2 | 0.500 [0.500, 0.500] | 0.400 [0.400, 0.400] | -0.100 [-0.100, -0.100] | 1 (0.00%) |" in r
     c = tables.collapse_table(records)
     assert "| loki, 10 UK, none | 1 | 1.0 | 2.0 |" in c
     m = tables.matched_reliability_table(records, threshold=0.95)
@@ -90,7 +91,7 @@ def test_sweep_report_skips_torn_line_and_writes_pngs(tmp_path, records):
     text = path.read_text()
     assert path == tmp_path / "report.md"
     assert "4 finished runs in 3 conditions" in text and "1 record(s) without metrics were skipped" in text
-    assert "0.900 ± 0.141 (n=2) [paper 0.98]" in text and "Table 3" in text and "[paper +0.067 / −0.172]" in text
+    assert "0.900 [0.000, 1.000] (n=2) [paper 0.98]" in text and "Table 3" in text and "[paper +0.067 / −0.172]" in text
     for name in ("reliability.png", "damage.png", "matched_reliability.png", "transitions.png"):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name

@@ -53,6 +53,14 @@ def test_run_writes_the_whole_run_directory(tmp_path, tiny_dir, capsys):
     assert h["n_trained"] == 3 and h["n_eval"] == 5
     assert set(metrics["benchmarks"]) == {"mc", "skill"}
     assert metrics["generalisation"]["zero_shot"]["denominator"] == 3  # one held-out paraphrase per fact
+    # few-shot generalisation: the held-out paraphrase asked after each of the fact's 2 probe prompts
+    few = metrics["generalisation"]["few_shot"]
+    assert few["denominator"] == 3 * 2 and few["mode"] == "few-shot" and h["generalisation_few_shot"] is not None
+    assert h["ci95"]["generalisation_few_shot"] is not None and h["ci95"]["reliability_zero_shot"] is not None
+    # one zero-shot reliability definition: the training summary and metrics.json agree
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["reliability_zero_shot"] == metrics["reliability"]["zero_shot"]["value"]
+    assert metrics["answer_collapse"]["after"]["exploded_share"] == 0.004  # the paper's scale
     after = [json.loads(line) for line in (out / "probe_after.jsonl").read_text().splitlines()]
     assert len(after) == 8 and {"id", "category", "p_greedy", "greedy_answers", "refused"} <= set(after[0])
     train_rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
@@ -208,3 +216,27 @@ def test_an_untrained_run_shows_no_shift_no_drop_and_full_locality(tmp_path, tin
     before = {r["id"]: r for r in map(json.loads, (tmp_path / "run0" / "probe_before.jsonl").read_text().splitlines())}
     after = [json.loads(x) for x in (tmp_path / "run0" / "probe_after.jsonl").read_text().splitlines()]
     assert after and all(r == before[r["id"]] for r in after)
+
+
+def test_one_refusal_detector_everywhere(tmp_path, tiny_dir, monkeypatch):
+    """The probe's refusal patterns decide refusals in the probe, the benchmarks and the zero-shot reliability
+    (before: the benchmarks used the default patterns whatever probe.refusal_patterns said)."""
+    from knowpack.evaluate import stage
+    from knowpack.facts import Fact
+    from knowpack.runs import full_run
+
+    bench = stage.Benchmarks(mc={}, qa={"skill": [{"question": "q?", "answers": ["4"]}]},
+                             refusal=[Fact("r", "who?", ("I don't know",))])
+    monkeypatch.setattr(stage, "answer_zero_shot", lambda m, t, qs, **k: ["4, though I would rather pass"] * len(qs))
+    mine = stage.score_benchmarks(None, None, bench, stage.EvalSettings(), refusal_patterns=("rather pass",))
+    default = stage.score_benchmarks(None, None, bench, stage.EvalSettings())
+    assert mine["skill"]["accuracy"] == 0.0 and mine["_refusal_facts"]["rate"] == 1.0
+    assert default["skill"]["accuracy"] == 1.0 and default["_refusal_facts"]["rate"] == 0.0
+    monkeypatch.undo()
+    seen = []
+    real = stage.score_benchmarks
+    monkeypatch.setattr(stage, "score_benchmarks", lambda *a, **k: seen.append(k["refusal_patterns"]) or real(*a, **k))
+    cfg = load_config(RunConfig, write_inputs(tmp_path, tiny_dir),
+                      ["train.epochs=1", "compose.mixing=none", "compose.k=0", "probe.refusal_patterns=[no idea]"])
+    full_run(cfg, tmp_path / "run", progress=False)
+    assert seen and all(p == ("no idea",) for p in seen)  # before (cached scoring) and after training

@@ -36,10 +36,10 @@ def _out(text: str = "") -> None:
 
 
 def _progress(args: argparse.Namespace) -> bool:
-    """Progress bars unless --no-progress; only rank zero shows them."""
+    """Progress bars unless --no-progress or -q; only rank zero shows them."""
     from knowpack.distributed import is_main
 
-    return not getattr(args, "no_progress", False) and is_main()
+    return not getattr(args, "no_progress", False) and not getattr(args, "quiet", False) and is_main()
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -99,6 +99,31 @@ def _print_world_info(info: dict[str, Any]) -> None:
     if ev:
         _out("  base model: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in ev.items() if not isinstance(v, (dict, list))))
+
+
+def cmd_world_check(args: argparse.Namespace) -> int:
+    from knowpack.runs import world_dir
+    from knowpack.world.check import check_world
+
+    d = Path(args.dir) if args.dir else world_dir()
+    if not (d / "world.json").exists():
+        raise KnowpackError(f"{d / 'world.json'} not found; build a world with `knowpack world build --out {d}`")
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise KnowpackError(f"override '{item}' is not key=value")
+        overrides[key] = value
+    _out(f"checking the world in {d}")
+    props = check_world(d, probe_limit=args.probe_limit, known_sample=args.known_sample,
+                        injection=not args.no_injection, injection_overrides=overrides, out_dir=args.out,
+                        say=_out, write=not args.no_write)
+    _out("")
+    for name, p in props.items():
+        if isinstance(p, dict) and "holds" in p:
+            _out(f"  {name:<20} {'holds' if p['holds'] else 'NOT REACHED':<12} target: {p['target']}")
+    _out(f"  measured in {props['measured_seconds']:.0f} s" + ("" if args.no_write else f"; written to {d / 'world.json'}"))
+    return 0
 
 
 def cmd_world_info(args: argparse.Namespace) -> int:
@@ -336,6 +361,36 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from knowpack.compare import describe_lr_search, run_compare, table_markdown
+    from knowpack.executors import from_arguments
+
+    out = Path(args.out or f"runs/compare-{Path(args.config).stem}")
+    t0 = time.perf_counter()
+    table = run_compare(args.config, out, overrides=args.overrides, say=_out, executor=from_arguments(args))
+    _out("")
+    _out(table_markdown(table))
+    if table["lr_search"]:
+        _out("")
+        _out("Learning rates chosen (validation: the retention facts, never the evaluation sample):")
+        _out(describe_lr_search(table["lr_search"]))
+    _out(f"\ncompared in {time.perf_counter() - t0:.0f} s -> {out / 'compare.md'}, {out / 'compare.json'}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from knowpack.ablate import run_ablation
+
+    out = Path(args.out or f"runs/ablate-{Path(args.config).stem}")
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    res = run_ablation(_run_config(args), out, q=args.q, strategies=strategies, known=args.known,
+                       progress=_progress(args), say=_out)
+    _out(res["table"])
+    _out(f"\n{res['summary']}")
+    _out(f"-> {out / 'ablation.json'}, {out / 'ablation.md'}")
+    return 0
+
+
 # --- LoKI: attribute / select --------------------------------------------------------------
 
 
@@ -404,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "what was damaged. Start with `knowpack demo`.",
     )
     parser.add_argument("--version", action="version", version=f"knowpack {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="also show the libraries' info logs, warnings and progress bars (-vv: debug messages)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="errors only: no stages, no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, func, help: str, **kw) -> argparse.ArgumentParser:
@@ -421,14 +477,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     world = sub.add_parser("world", help="the embedded synthetic world", description="the embedded synthetic world")
     wsub = world.add_subparsers(dest="world_command", metavar="ACTION", required=True)
-    p = wsub.add_parser("build", help="generate the world and pretrain its tiny base model (minutes on a CPU)")
+    p = wsub.add_parser("build", help="generate the world and pretrain its tiny base model (minutes on a CPU)",
+                        description="Generate the synthetic world (people, 24 relations, popularity tiers, noisy facts, "
+                                    "refusals, skill benchmarks) and pretrain its base model on CPU, reproducibly; "
+                                    "about 25 minutes on 2 cores for the default world.")
     p.set_defaults(func=cmd_world_build)
     p.add_argument("--out", required=True, help="directory to write model/, facts.jsonl, benchmarks/, world.json")
     p.add_argument("--seed", type=int, default=0, help="world and pretraining seed (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite an existing world in --out")
-    p = wsub.add_parser("info", help="print what a world holds and how its base model does")
+    p = wsub.add_parser("info", help="print what a world holds and how its base model does",
+                        description="Print a world's sizes, its base model and the zero-shot figures recorded in its "
+                                    "world.json (and the measured properties, once `knowpack world check` ran).")
     p.set_defaults(func=cmd_world_info)
     p.add_argument("dir", nargs="?", help="world directory (default: the shipped world)")
+    check_help = ("measure whether a world behaves like a real LLM (categories, benchmarks, MLP profile, LoKI's "
+                  "premise, injection at matched reliability) and write the figures into its world.json")
+    p = wsub.add_parser("check", help=check_help, description=check_help[0].upper() + check_help[1:] + ".")
+    p.set_defaults(func=cmd_world_check)
+    p.add_argument("dir", nargs="?", help="world directory (default: the shipped world)")
+    p.add_argument("--probe-limit", type=int, help="probe a seeded sample of N facts (default: all)")
+    p.add_argument("--known-sample", type=int, default=300, help="known facts scored in the ablations (default 300)")
+    p.add_argument("--no-injection", action="store_true", help="skip the LoRA injection run (the slow part)")
+    p.add_argument("--out", help="directory for the injection run (default: DIR/.check)")
+    p.add_argument("--no-write", action="store_true", help="print the figures without updating world.json")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides of the injection run, e.g. train.lr=3e-3 train.epochs=200")
 
     facts = sub.add_parser("facts", help="fact files", description="fact files")
     fsub = facts.add_subparsers(dest="facts_command", metavar="ACTION", required=True)
@@ -500,6 +573,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory (default: runs/capacity-<config name>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
 
+    p = add("compare", cmd_compare, "compare methods fairly: each trained to one reliability target at a learning "
+                                    "rate the tool chose for it, beside parameter-matched and row controls")
+    p.add_argument("config", help="compare config YAML: a sweep config plus a `compare:` section "
+                                  "(see configs/compare-world.yaml)")
+    p.add_argument("--out", help="directory (default: runs/compare-<config name>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    from knowpack.executors import add_arguments as add_executor_arguments
+
+    add_executor_arguments(p)
+
+    p = add("ablate", cmd_ablate, "zero the down_proj rows a selection strategy picks (no training) and measure "
+                                  "every benchmark and the known facts against the base model (LoKI's premise)")
+    p.add_argument("config", help="run config YAML: model, facts, eval benchmarks and train.loki attribution data")
+    p.add_argument("--q", type=float, default=1.0, help="percent of rows zeroed per layer (default 1)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated, from: {', '.join(STRATEGIES)}")
+    p.add_argument("--known", type=int, default=300, help="HighlyKnown facts scored zero-shot (default 300)")
+    p.add_argument("--out", help="directory (default: runs/ablate-<config name>)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+
     p = add("merge", cmd_merge, "fold an adapter (PEFT, LoKI or full) into a plain Hugging Face model")
     p.add_argument("--model", required=True, help="the base model the adapter was trained on")
     p.add_argument("--adapter", required=True, help="adapter directory (RUN/adapter)")
@@ -527,6 +620,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_console(verbose: int, quiet: bool) -> None:
+    """What the console shows: knowpack's stages and results; other libraries' logs, warnings and progress
+    bars only with -v (INFO) or -vv (DEBUG); with -q, errors only. Under `accelerate launch` only rank zero
+    logs progress; the others report errors."""
+    import warnings
+
+    from knowpack.distributed import is_main, rank, world_size
+
+    quiet = quiet or not is_main()
+    own = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    libraries = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=libraries, format="%(message)s" if world_size() == 1 else f"[rank {rank()}] %(message)s",
+                        force=True)
+    logging.getLogger("knowpack").setLevel(own)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(libraries if verbose else logging.ERROR)
+        if not verbose:
+            hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars of every load
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    if not verbose:
+        for name in ("lm_eval", "datasets", "peft", "accelerate", "httpx", "urllib3", "filelock", "submitit"):
+            logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
+        # deprecation notices and advice meant for the libraries' own authors or for other workflows
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(peft|transformers|torch|accelerate)\b.*")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -537,27 +661,21 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from knowpack.distributed import is_main, rank, world_size
+    from knowpack.distributed import rank, world_size
 
-    # Under `accelerate launch`, only rank zero logs progress; the others report warnings and errors.
-    quiet = args.quiet or not is_main()
-    level = logging.DEBUG if args.verbose and is_main() else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s" if world_size() == 1 else f"[rank {rank()}] %(message)s")
-    if not is_main():
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # its weight-loading bars, once per process otherwise
-    for noisy in ("httpx", "urllib3", "filelock", "accelerate"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import warnings
-
-    # PEFT calls a transformers method that transformers 5 renamed; the notice is for PEFT's authors.
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+    configure_console(args.verbose, args.quiet)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # `knowpack facts check FILE | head`: the reader left; end quietly, as Unix tools do
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KnowpackError as exc:
         who = f" (rank {rank()})" if world_size() > 1 else ""
         print(f"knowpack: error{who}: {exc}", file=sys.stderr)

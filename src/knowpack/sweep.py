@@ -71,15 +71,19 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def load_sweep(path: str | Path, overrides: Iterable[str] = (), config_cls: type | None = None) -> tuple[Any, list[GridPoint]]:
-    """(base config, grid points); every point is validated, and all problems are reported together."""
+def load_sweep(path: str | Path, overrides: Iterable[str] = (), config_cls: type | None = None, *,
+               data: dict[str, Any] | None = None) -> tuple[Any, list[GridPoint]]:
+    """(base config, grid points); every point is validated, and all problems are reported together.
+
+    `data` is the file's content already read (a caller that took its own section out of it).
+    """
     from knowpack.runs import RunConfig
 
     cls = config_cls or RunConfig
     # The config reader, not plain yaml.safe_load: `1e-3` is a float, keys given twice are errors,
     # and syntax errors name the line.
     ctx = _Ctx()
-    raw = _read_yaml(Path(path), ctx)
+    raw = dict(data) if data is not None else _read_yaml(Path(path), ctx)
     if ctx.problems:
         raise ConfigError(ctx.problems, source=str(path))
     if not isinstance(raw, dict):
@@ -164,17 +168,33 @@ def run_sweep(config_path: str | Path, out_dir: str | Path, *, overrides: Iterab
     `config_cls` is the config each point gets (default: `RunConfig`), as in `load_sweep`.
     """
     from knowpack.config import save_config
-    from knowpack.executors import Sequential, Task, driver_lock
 
     base, points = load_sweep(config_path, overrides, config_cls)
+    out = Path(out_dir)
+
+    def header() -> None:
+        save_config(base, out / "sweep_base.yaml")
+        write_text(out / "sweep_grid.json", json.dumps([{"id": p.id, "overrides": p.overrides} for p in points],
+                                                       indent=2) + "\n")
+
+    return run_points(points, out, run_point=run_point, on_point=on_point, executor=executor, header=header)
+
+
+def run_points(points: list[GridPoint], out_dir: str | Path, *,
+               run_point: Callable[[Any, Path], dict[str, Any]] | None = None,
+               on_point: Callable[[int, int, GridPoint, str], None] | None = None,
+               executor: Any = None, header: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Run every point not yet in `out_dir/results.jsonl` (each in `runs/<id>`, under its lock) and record
+    each exactly once; returns all records. `header` writes the sweep's own files under the driver lock."""
+    from knowpack.executors import Sequential, Task, driver_lock
+
     executor = executor or Sequential()
     executor.check(points)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with driver_lock(out):  # before the results are read (and a torn line repaired): one driver at a time
-        save_config(base, out / "sweep_base.yaml")
-        write_text(out / "sweep_grid.json", json.dumps([{"id": p.id, "overrides": p.overrides} for p in points],
-                                                       indent=2) + "\n")
+        if header is not None:
+            header()
         results_path = out / RESULTS
         done = {r.get("point") for r in read_results(results_path, repair=True)}
         if run_point is None:

@@ -52,6 +52,9 @@ class TrainSettings:
     method: str = field(default="lora", metadata={"choices": method_names})
     lr: float | None = field(default=None, metadata={"min": 0, "help": "None: the method's default"})
     epochs: int = field(default=10, metadata={"min": 0, "help": "passes over the training set; 0 trains nothing (the base model evaluated as a run: every shift 0)"})
+    max_steps: int | None = field(default=None, metadata={
+        "min": 0, "help": "stop after this many optimizer steps even if epochs remain (the schedule spans the "
+                          "smaller of the two); null: epochs x steps per epoch"})
     batch_size: int = field(default=16, metadata={"min": 1})
     schedule: Literal["linear", "constant", "cosine"] = "linear"
     warmup_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1})
@@ -274,6 +277,8 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
     data = tokenize_rows(rows, tokenizer, settings.loss_on)
     steps_per_epoch = math.ceil(len(data) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
+    if settings.max_steps is not None:
+        total = min(total, settings.max_steps)
     warmup = int(settings.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.schedule, total, warmup))
 
@@ -347,6 +352,8 @@ def train(model: torch.nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]]
                 last_ckpt = time.perf_counter()
             if max_steps is not None and step >= max_steps:
                 stopped = "max_steps"
+                break
+            if step >= total:  # train.max_steps ends the run inside an epoch
                 break
         else:
             stopped = _early_stop_check(settings.early_stopping, eval_hook, acc.unwrap_model(model),

@@ -3,8 +3,9 @@
 A *record* is one finished run: a dict with `config` (either flat — `n_unknown`, `mixing`, `k`,
 `method`, `seed` — or the nested run config with `compose.*`, `train.method`, `seed`) and
 `metrics` (the record of `knowpack.evaluate.metrics.compute_metrics`). Runs that differ only in
-their seed form one *condition* (method, n_unknown, mixing, k); cells show mean ± sample standard
-deviation over the seeds, and `n=` the number of seeds. Undefined values print as "–".
+their seed form one *condition* (method, n_unknown, mixing, k); cells show the mean over the seeds
+with its 95% interval in brackets (Student t over the seeds), and `n=` the number of seeds; a
+single run shows its own 95% interval from metrics.json where it has one. Undefined values print as "–".
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from knowpack.evaluate import stats
 from knowpack.report import paper
 
 DASH = "–"
@@ -100,15 +102,36 @@ def pct(x: float | None, digits: int = 1) -> str:
 
 
 def cell(values: Iterable[float | None], digits: int = 3, scale: float = 1.0, sign: bool = False,
-         show_n: bool = False) -> str:
-    m, sd, n = mean_std(values)
+         show_n: bool = False, cis: Iterable[Sequence[float] | None] | None = None,
+         bounds: tuple[float, float] | None = None) -> str:
+    """Mean over seeds with its 95% t interval (clipped to `bounds`, e.g. (0, 1) for a share); one value
+    with its own interval (`cis`) where given."""
+    vals = list(values)
+    m, _, n = mean_std(vals)
     if m is None:
         return DASH
     spec = f"{'+' if sign else ''}.{digits}f"
     text = format(m * scale, spec)
-    if sd is not None:
-        text += f" ± {sd * scale:.{digits}f}"
+    ci = stats.seeds_interval([v for v in vals if v is not None])["ci95"] if n > 1 else None
+    if n == 1 and cis is not None:
+        own = [c for v, c in zip(vals, cis) if v is not None]
+        ci = own[0] if own and own[0] else None
+    if ci is not None:
+        lo, hi = ci
+        if bounds is not None:
+            lo, hi = max(bounds[0], lo), min(bounds[1], hi)
+        text += f" [{format(lo * scale, spec)}, {format(hi * scale, spec)}]"
     return f"{text} (n={n})" if n > 1 and show_n else text
+
+
+def headline_ci(record: Mapping[str, Any], key: str) -> Sequence[float] | None:
+    """The run's own 95% interval of a headline figure (metrics.json `headline.ci95`), or None."""
+    return (headline(record, "ci95") or {}).get(key)
+
+
+def hcell(runs: Sequence[Mapping[str, Any]], key: str, **kw: Any) -> str:
+    """`cell` of a headline figure over runs, with the run's own interval when there is one run."""
+    return cell((headline(r, key) for r in runs), cis=[headline_ci(r, key) for r in runs], bounds=(0.0, 1.0), **kw)
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -147,7 +170,9 @@ def _grid(records: Sequence[Mapping[str, Any]], render: Callable[[Condition, lis
     if not parts:
         return "_no runs_"
     if not show_n and seeds != {1}:
-        parts.append(f"_each cell: mean ± sample std over {seeds.pop()} seeds_")
+        parts.append(f"_each cell: mean over {seeds.pop()} seeds [95% t interval]_")
+    elif seeds == {1}:
+        parts.append("_each cell: one run [its 95% interval, where metrics.json has one]_")
     return "\n\n".join(parts)
 
 
@@ -155,7 +180,7 @@ def table2(records: Sequence[Mapping[str, Any]]) -> str:
     """Paper Table 2: few-shot reliability by n_unknown and mixing; the paper's LoRA value in brackets."""
 
     def render(cond: Condition, runs: list, show_n: bool) -> str:
-        text = cell((headline(r, "reliability") for r in runs), show_n=show_n)
+        text = hcell(runs, "reliability", show_n=show_n)
         ref = paper.kp_reliability(cond.n_unknown, cond.mixing, cond.k) if cond.method == "lora" else None
         return f"{text} [paper {ref:.2f}]" if ref is not None else text
 
@@ -163,20 +188,21 @@ def table2(records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def table2_zero_shot(records: Sequence[Mapping[str, Any]]) -> str:
-    return _grid(records, lambda c, runs, show_n: cell((headline(r, "reliability_zero_shot") for r in runs),
-                                                       show_n=show_n))
+    return _grid(records, lambda c, runs, show_n: hcell(runs, "reliability_zero_shot", show_n=show_n))
 
 
 def table3(records: Sequence[Mapping[str, Any]]) -> str:
     """Paper Table 3: positive / negative shift (fractions of the evaluation sample)."""
 
     def render(cond: Condition, runs: list, show_n: bool) -> str:
-        pos = cell((headline(r, "positive_shift") for r in runs), sign=True, show_n=False)
-        neg = cell((headline(r, "negative_shift") for r in runs), show_n=False)
+        pos = hcell(runs, "positive_shift", sign=True)
+        neg = hcell(runs, "negative_shift")
+        floor = cell(headline(r, "negative_shift_floor") for r in runs)
         n = f" (n={len(runs)})" if show_n and len(runs) > 1 else ""
         ref = paper.kp_shift(cond.n_unknown, cond.mixing, cond.k) if cond.method == "lora" else None
         ref_text = "" if ref is None else f" [paper +{ref['positive']:.3f} / −{ref['negative']:.3f}]"
-        return (f"{pos} / −{neg}" if neg != DASH else f"{pos} / {DASH}") + n + ref_text
+        floor_text = "" if floor == DASH else f" (noise floor −{floor})"
+        return (f"{pos} / −{neg}" if neg != DASH else f"{pos} / {DASH}") + floor_text + n + ref_text
 
     return _grid(records, render)
 
@@ -195,8 +221,10 @@ def benchmark_table(records: Sequence[Mapping[str, Any]]) -> str:
             if not res:
                 continue
             ref = paper.loki_capability_loss(cond.method, _q(runs[0], cond.method))
-            rows.append([cond.label, fmt(len(res)), name, cell(x["before"] for x in res), cell(x["after"] for x in res),
-                         cell((x["absolute"] for x in res), sign=True),
+            rows.append([cond.label, fmt(len(res)), name, cell((x["before"] for x in res),
+                                                               cis=[x.get("before_ci95") for x in res]),
+                         cell((x["after"] for x in res), cis=[x.get("after_ci95") for x in res]),
+                         cell((x["absolute"] for x in res), sign=True, cis=[x.get("absolute_ci95") for x in res]),
                          cell((x["relative"] for x in res), digits=2, scale=100, sign=True),
                          DASH if ref is None else f"{ref:.2f}%"])
     return md_table(["condition", "seeds", "benchmark", "base accuracy", "after", "absolute drop", "relative drop %",
@@ -214,8 +242,7 @@ def refusal_table(records: Sequence[Mapping[str, Any]]) -> str:
     for cond, runs in group(records).items():
         ref = paper.kp_table4(cond.n_unknown, cond.mixing, cond.k) if cond.method == "lora" else None
         share = None if ref is None else ref["refused"] / paper.KP_TEST_QUESTIONS
-        rows.append([cond.label, fmt(len(runs)), cell(headline(r, "refusal_before") for r in runs),
-                     cell(headline(r, "refusal_after") for r in runs),
+        rows.append([cond.label, fmt(len(runs)), hcell(runs, "refusal_before"), hcell(runs, "refusal_after"),
                      cell(((r["metrics"].get("refusals") or {}).get("change") for r in runs), sign=True),
                      DASH if ref is None else f"{int(ref['refused']):,} ({pct(share, 2)})"])
     base = paper.KP_TABLE4[None]["refused"]
@@ -244,11 +271,9 @@ def collapse_table(records: Sequence[Mapping[str, Any]]) -> str:
 def other_metrics_table(records: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for cond, runs in group(records).items():
-        rows.append([cond.label, fmt(len(runs)), cell(headline(r, "reliability_ge_half") for r in runs),
-                     cell(headline(r, "generalisation_zero_shot") for r in runs),
-                     cell(headline(r, "generalisation_few_shot") for r in runs),
-                     cell(headline(r, "locality") for r in runs),
-                     cell(headline(r, "bits_per_param") for r in runs)])
+        rows.append([cond.label, fmt(len(runs)), hcell(runs, "reliability_ge_half"),
+                     hcell(runs, "generalisation_zero_shot"), hcell(runs, "generalisation_few_shot"),
+                     hcell(runs, "locality"), cell(headline(r, "bits_per_param") for r in runs)])
     return md_table(["condition", "seeds", "share P_greedy ≥ 0.5", "generalisation zero-shot", "generalisation few-shot",
                      "locality", "bits / trainable param"], rows)
 
@@ -373,7 +398,17 @@ def run_report_md(metrics: Mapping[str, Any], config: Mapping[str, Any] | None =
                 ["facts", fmt(config.get("facts"))]]
         parts += ["## Run", md_table(["setting", "value"], info), ""]
     h = metrics.get("headline") or {}
-    parts += ["## Headline", md_table(["metric", "value"], [[k, _value(v)] for k, v in h.items()]), ""]
+    ci = h.get("ci95") or {}
+
+    def interval(key: str) -> str:
+        c = ci.get(key)
+        if isinstance(c, Mapping):
+            return ", ".join(f"{k} [{fmt(v[0], 4)}, {fmt(v[1], 4)}]" for k, v in c.items() if v) or DASH
+        return DASH if not c else f"[{fmt(c[0], 4)}, {fmt(c[1], 4)}]"
+
+    rows = [[k, _value(v), interval(k)] for k, v in h.items() if k not in ("ci95", "ci_definition")]
+    parts += ["## Headline", md_table(["metric", "value", "95% interval"], rows),
+              f"*Intervals:* {h.get('ci_definition', 'not recorded in this run')}.", ""]
     rel = metrics.get("reliability") or {}
     parts += ["## Reliability (trained facts)", _section("Few-shot probe", rel.get("few_shot")),
               _section("Zero-shot, training format", rel.get("zero_shot"))]
@@ -428,7 +463,8 @@ def sweep_report_md(records: Sequence[Mapping[str, Any]], plots: Sequence[str] =
     n_cond = len(group(records))
     parts = [f"# {title}",
              f"{len(records)} finished runs in {n_cond} conditions (method, n_unknown, mixing, k); cells are "
-             "mean ± sample standard deviation over the seeds of a condition (no ± for a single seed)."
+             "means over the seeds of a condition with a 95% Student t interval over them in brackets (a single run: "
+             "its own 95% interval from metrics.json)."
              + (f" {skipped} record(s) without metrics were skipped." if skipped else ""),
              "## Reliability by n_unknown and mixing (paper Table 2)",
              "Few-shot reliability: mean P_greedy over the trained facts. In brackets, LoRA cells: the paper's value "
@@ -437,6 +473,8 @@ def sweep_report_md(records: Sequence[Mapping[str, Any]], plots: Sequence[str] =
              "Zero-shot reliability (training format):", table2_zero_shot(records),
              "## Positive / negative shift (paper Table 3)",
              "Fractions of the untrained evaluation sample that moved up / down a knowledge category.",
+             "In brackets after the negative shift: its noise floor, the shift the base model shows against itself under "
+             "another sampling seed.",
              table3(records), f"Paper: {paper.KP_TABLE3_NOTE}.",
              "## Benchmark drop", benchmark_table(records),
              "## Refusals", refusal_table(records),

@@ -1,0 +1,204 @@
+"""`knowpack world check`: measure whether a world behaves like a real LLM, property by property.
+
+Each property of SPEC §2 ("what the world must behave like") is measured on the world's base
+model, printed beside its target and written into `world.json` under `properties`:
+
+- breadth: relations and Unknown facts (the capacity curve needs a pool well past its knee);
+- paraphrases: templates per relation (distinct wordings for +k paraphrase mixing, held-out ones left);
+- SliCK categories under the default probe, each >= 10%; head facts known, tail facts unknown;
+- general capability: the skill benchmarks, each well above chance;
+- knowledge in the MLPs, spread over layers: the per-layer MLP-zeroing profile (ablate.py);
+- LoKI's premise: zeroing the q% highest-attributed down_proj rows costs >= 3x the lowest (KVA on the
+  world's attribution prompts);
+- injection at matched reliability: LoRA r=1 on 50 Unknown facts trained to >= 0.95 zero-shot
+  reliability; negative shift, locality and benchmark drops (a full `knowpack run`).
+
+    knowpack world check                       # the shipped world, every property (minutes)
+    knowpack world check --dir DIR --no-injection --probe-limit 600
+
+Nothing here special-cases the world: it is probed, attributed, ablated and trained through the same
+code as any model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from knowpack.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+TARGETS = {
+    "relations": 20, "unknown_facts": 1000, "templates_per_relation": 12, "category_share": 0.10,
+    "loki_ratio": 3.0, "injection_reliability": 0.95, "injection_negative_shift": 0.30,
+    "injection_locality": 0.60, "injection_benchmark_drop": 0.15, "benchmark_margin": 0.25,
+    "mlp_single_layer_max_drop": 0.90, "mlp_middle_layer_min_drop": 0.20,
+}
+
+
+def _world_paths(world: Path) -> dict[str, Any]:
+    bench = world / "benchmarks"
+    return {"model": world / "model", "facts": world / "facts.jsonl", "refusal": world / "refusal.jsonl",
+            "mc": bench / "mc.jsonl", "qa": sorted(p for p in bench.glob("*.jsonl") if p.name != "mc.jsonl"),
+            "attribution": world / "attribution.jsonl"}
+
+
+def run_config(world: Path, **overrides: Any) -> Any:
+    """A run config on the world in `world` by explicit paths (no `world` shortcut), as a user would write it."""
+    from knowpack.config import load_config
+    from knowpack.runs import RunConfig
+
+    p = _world_paths(world)
+    data: dict[str, Any] = {
+        "model": str(p["model"]), "facts": str(p["facts"]), "device": "cpu", "dtype": "float32",
+        "eval": {"mc": [str(p["mc"])], "qa": [str(x) for x in p["qa"]], "refusal": str(p["refusal"])},
+        "train": {"loki": {"attribution_data": str(p["attribution"])}},
+    }
+    return load_config(RunConfig, data=data, overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+class _Scorer:
+    """Scores a model on the world's benchmarks and on a sample of its known facts (per-question outcomes)."""
+
+    def __init__(self, cfg: Any, tok: Any, facts: Any, known_ids: list[str]):
+        from knowpack.evaluate.stage import resolve_benchmarks
+
+        self.cfg, self.tok, self.facts, self.known_ids = cfg, tok, facts, known_ids
+        self.bench = resolve_benchmarks(cfg.eval, cfg.model, None)
+        self.bench.refusal = []
+
+    def __call__(self, model: Any) -> dict[str, dict[str, Any]]:
+        from knowpack.evaluate.stage import score_benchmarks
+        from knowpack.probe.match import is_correct
+        from knowpack.probe.slick import answer_zero_shot
+
+        out = {k: v for k, v in score_benchmarks(model, self.tok, self.bench, self.cfg.eval).items()
+               if not k.startswith("_")}
+        answers = answer_zero_shot(model, self.tok, [self.facts[i].question for i in self.known_ids], batch_size=64)
+        ok = [int(is_correct(a, self.facts[i].answers)) for a, i in zip(answers, self.known_ids)]
+        out["known_facts"] = {"accuracy": sum(ok) / max(1, len(ok)), "correct": ok, "n": len(ok)}
+        return out
+
+
+def check_world(world: str | Path, *, probe_limit: int | None = None, known_sample: int = 300,
+                zero_q: tuple[float, ...] = (1.0, 3.0, 5.0), injection: bool = True,
+                injection_overrides: dict[str, Any] | None = None, out_dir: str | Path | None = None,
+                say: Callable[[str], None] = print, write: bool = True) -> dict[str, Any]:
+    """Measure every property of the world in `world`; returns them (and writes them into world.json)."""
+    from knowpack import ablate
+    from knowpack.facts import load_facts
+    from knowpack.models import load_model
+    from knowpack.runs import attribution_scores, cached_probe, probe_facts_of
+
+    world = Path(world)
+    info = read_json(world / "world.json")
+    t0 = time.perf_counter()
+    # lazy sampling gives the same categories with fewer generations (only P_greedy = 0 facts are sampled)
+    cfg = run_config(world, **{"probe.lazy_samples": True}, **({"probe_limit": probe_limit} if probe_limit else {}))
+    facts = load_facts(str(world / "facts.jsonl"), "native")
+    model, tok = load_model(str(world / "model"), device="cpu", dtype="float32")
+    props: dict[str, Any] = {}
+
+    # SliCK categories and breadth
+    rows, summary = cached_probe(cfg, model, tok, probe_facts_of(cfg, facts), exemplars=facts, progress=True)
+    shares = summary["shares"]
+    probed = len(rows)
+    unknown = summary["counts"]["Unknown"]
+    unknown_est = round(unknown * len(facts) / probed)
+    by_bucket: dict[str, dict[str, int]] = {}
+    for r in rows:
+        b = by_bucket.setdefault(str(facts[r["id"]].meta.get("bucket")), {})
+        b[r["category"]] = b.get(r["category"], 0) + 1
+    props["slick"] = {"shares": shares, "counts": summary["counts"], "probed_facts": probed,
+                      "by_bucket": by_bucket, "target": f"each category >= {TARGETS['category_share']:.0%}",
+                      "holds": all(v >= TARGETS["category_share"] for v in shares.values())}
+    relations = len({f.relation for f in facts})
+    props["breadth"] = {"relations": relations, "unknown_facts": unknown_est, "probe_facts": len(facts),
+                        "unknown_measured_on": probed,
+                        "target": f">= {TARGETS['relations']} relations, >= {TARGETS['unknown_facts']} Unknown facts",
+                        "holds": relations >= TARGETS["relations"] and unknown_est >= TARGETS["unknown_facts"]}
+    templates = info.get("sizes", {}).get("templates_per_relation")
+    props["paraphrases"] = {"templates_per_relation": templates,
+                            "pretrain_templates_per_relation": info.get("sizes", {}).get(
+                                "pretrain_templates_per_relation"),
+                            "target": f">= {TARGETS['templates_per_relation']}",
+                            "holds": bool(templates and templates >= TARGETS["templates_per_relation"])}
+    say(f"  categories: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()) + f" of {probed} facts")
+
+    # general capability, the MLP profile and LoKI's premise, on one scorer
+    known = ablate.known_fact_sample(facts, rows, known_sample)
+    scorer = _Scorer(cfg, tok, facts, known)
+    base = scorer(model)
+    chance = {name: 0.25 if name == "mc" else 0.0 for name in base}
+    props["general_capability"] = {
+        "benchmarks": {k: {"accuracy": v["accuracy"], "n": len(v["correct"])} for k, v in base.items()
+                       if k != "known_facts"},
+        "target": f"at least 3 skill benchmarks besides fact recall, each >= chance + {TARGETS['benchmark_margin']}",
+        "holds": sum(v["accuracy"] >= chance[k] + TARGETS["benchmark_margin"] for k, v in base.items()
+                     if k not in ("known_facts", "mc")) >= 3}
+    say("  benchmarks: " + ", ".join(f"{k} {v['accuracy']:.1%}" for k, v in base.items()))
+    profile = ablate.mlp_profile(model, scorer, base=base)
+    known_drop = [lay["benchmarks"]["known_facts"]["relative"] or 0.0 for lay in profile["layers"]]
+    middle = known_drop[1:-1]
+    props["mlp_profile"] = {
+        "known_facts_relative_drop": [round(x, 4) for x in known_drop],
+        "capability_loss_pct": [round(lay["capability_loss_pct"] or 0.0, 2) for lay in profile["layers"]],
+        "layers": profile["layers"],
+        "target": f"no single layer's MLP holds all known facts (every drop < {TARGETS['mlp_single_layer_max_drop']}), "
+                  f"a middle layer matters (some drop >= {TARGETS['mlp_middle_layer_min_drop']})",
+        "holds": max(known_drop) < TARGETS["mlp_single_layer_max_drop"] and bool(middle)
+        and max(middle) >= TARGETS["mlp_middle_layer_min_drop"]}
+    say("  MLP zeroed per layer, known facts lost: " + ", ".join(f"{x:.0%}" for x in known_drop))
+    scores = attribution_scores(cfg, model, tok, progress=True)
+    premise = {}
+    for q in zero_q:
+        res = ablate.strategy_ablation(model, scores, q, ("layer_balanced_highest", "layer_balanced_lowest", "random"),
+                                       scorer, base=base)
+        loss = {s: r["capability_loss_pct"] for s, r in res["strategies"].items()}
+        ratio = loss["layer_balanced_highest"] / loss["layer_balanced_lowest"] \
+            if loss["layer_balanced_lowest"] and loss["layer_balanced_lowest"] > 0 else None
+        premise[str(q)] = {"capability_loss_pct": loss, "highest_over_lowest": ratio, "detail": res["strategies"]}
+        say(f"  zeroing {q:g}% of rows: highest {loss['layer_balanced_highest']:.2f}%, lowest "
+            f"{loss['layer_balanced_lowest']:.2f}%, random {loss['random']:.2f}% capability loss")
+    props["loki_premise"] = {
+        "by_q": premise, "attribution_prompts": int(scores.shape[0]),
+        "target": f"zeroing the q% highest-attributed rows costs >= {TARGETS['loki_ratio']}x the lowest, for a small q",
+        "holds": any((p["highest_over_lowest"] is None and p["capability_loss_pct"]["layer_balanced_highest"] > 0)
+                     or (p["highest_over_lowest"] or 0) >= TARGETS["loki_ratio"] for p in premise.values())}
+
+    if injection:
+        from knowpack.runs import full_run
+
+        over = {"train.method": "lora", "compose.n_unknown": 50, "compose.eval_size": 200, "train.lora.r": 1,
+                "train.lora.alpha": 2, "train.loss_on": "answer", "train.max_grad_norm": 1.0,
+                "train.early_stopping.enabled": True, "train.early_stopping.reliability": 0.95,
+                "train.early_stopping.max_retention_drop": 1.0, "train.early_stopping.every": 5,
+                "probe.lazy_samples": True, **(injection_overrides or {})}
+        run_cfg = run_config(world, **({"probe_limit": probe_limit} if probe_limit else {}), **over)
+        run_dir = Path(out_dir or world / ".check") / "injection"
+        m = full_run(run_cfg, run_dir, progress=True)
+        h = m["headline"]
+        props["injection"] = {
+            "settings": over, "run_dir": str(run_dir), "steps": m["run"]["steps"],
+            "reliability_zero_shot": h["reliability_zero_shot"], "negative_shift": h["negative_shift"],
+            "negative_shift_floor": h["negative_shift_floor"], "positive_shift": h["positive_shift"],
+            "locality": h["locality"], "benchmark_drop_relative": h["benchmark_drop_relative"],
+            "mean_benchmark_drop_relative": h["mean_benchmark_drop_relative"], "ci95": h["ci95"],
+            "target": f"zero-shot reliability >= {TARGETS['injection_reliability']}, negative shift <= "
+                      f"{TARGETS['injection_negative_shift']}, locality >= {TARGETS['injection_locality']}, mean "
+                      f"benchmark drop <= {TARGETS['injection_benchmark_drop']:.0%}",
+            "holds": (h["reliability_zero_shot"] or 0) >= TARGETS["injection_reliability"]
+            and h["negative_shift"] <= TARGETS["injection_negative_shift"]
+            and h["locality"] >= TARGETS["injection_locality"]
+            and (h["mean_benchmark_drop_relative"] or 0) <= TARGETS["injection_benchmark_drop"]}
+        say(f"  LoRA r=1 on 50 facts: zero-shot reliability {h['reliability_zero_shot']:.0%} in {m['run']['steps']} "
+            f"steps, negative shift {h['negative_shift']:.1%} (floor {h['negative_shift_floor'] or 0:.1%}), "
+            f"locality {h['locality']:.0%}, mean benchmark drop {h['mean_benchmark_drop_relative'] or 0:.1%}")
+    props["measured_seconds"] = round(time.perf_counter() - t0, 1)
+    if write:
+        info["properties"] = props
+        write_json(world / "world.json", info)
+    return props

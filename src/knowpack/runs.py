@@ -191,10 +191,39 @@ def control_probe_settings(probe: ProbeSettings) -> ProbeSettings:
     return replace(probe, sample_seed=(probe.seed if probe.sample_seed is None else probe.sample_seed) + 1)
 
 
+def attribution_scores(cfg: RunConfig, model: Any, tok: Any, progress: bool = True):
+    """KVA scores [N, L, D] for `train.loki`: read from `scores`, or attributed on `attribution_data`
+    (cached per model, prompts and steps)."""
+    from knowpack.methods.loki import kva
+
+    s = cfg.train.loki
+    if s.scores:
+        return kva.load_scores(s.scores)[0]
+    data = attribution_path(s.attribution_data)
+    ids, prompts = kva.load_attribution_prompts(data, tok)
+    if s.attribution_limit and s.attribution_limit < len(prompts):
+        import random
+
+        keep = sorted(random.Random(s.seed).sample(range(len(prompts)), s.attribution_limit))
+        ids, prompts = [ids[i] for i in keep], [prompts[i] for i in keep]
+    key = config_hash({"model": model_fingerprint(model), "prompts": prompts, "steps": s.steps})
+    path = cache_root(cfg) / "kva" / f"{key}.safetensors"
+    cpu = next(model.parameters()).device.type == "cpu"
+    # every process must take the same branch: a miss means a collective attribution
+    if distributed.all_agree(path.exists(), cpu):
+        log.info("KVA: reusing cached scores %s", path)
+        return kva.load_scores(path)[0]
+    scores = kva.attribute_across_processes(model, tok, prompts, method=s.kva_method, steps=s.steps,
+                                            progress=progress)
+    if distributed.is_main():
+        kva.save_scores(path, scores, ids, {"steps": s.steps, "method": s.kva_method, "data": data,
+                                            "model": model_path(cfg)})
+    return scores
+
+
 def select_nodes_for(cfg: RunConfig, model: Any, tok: Any, out_dir: Path, progress: bool = True) -> list[list[int]]:
     """LoKI's rows: read `train.loki.nodes`, or select from cached (or fresh) KVA scores."""
     from knowpack.methods import get_method
-    from knowpack.methods.loki import kva
     from knowpack.methods.loki.select import load_nodes, save_nodes, select_nodes
 
     s = cfg.train.loki
@@ -203,30 +232,7 @@ def select_nodes_for(cfg: RunConfig, model: Any, tok: Any, out_dir: Path, progre
         write_json(out_dir / "nodes.json", load_nodes(s.nodes))
         return nodes
     q = get_method(cfg.train.method).q(s)
-    if s.scores:
-        scores, _, _ = kva.load_scores(s.scores)
-    else:
-        data = attribution_path(s.attribution_data)
-        ids, prompts = kva.load_attribution_prompts(data, tok)
-        if s.attribution_limit and s.attribution_limit < len(prompts):
-            import random
-
-            keep = sorted(random.Random(s.seed).sample(range(len(prompts)), s.attribution_limit))
-            ids, prompts = [ids[i] for i in keep], [prompts[i] for i in keep]
-        key = config_hash({"model": model_fingerprint(model), "prompts": prompts, "steps": s.steps})
-        path = cache_root(cfg) / "kva" / f"{key}.safetensors"
-        cpu = next(model.parameters()).device.type == "cpu"
-        # every process must take the same branch: a miss means a collective attribution
-        if distributed.all_agree(path.exists(), cpu):
-            scores, _, _ = kva.load_scores(path)
-            log.info("KVA: reusing cached scores %s", path)
-        else:
-            scores = kva.attribute_across_processes(model, tok, prompts, method=s.kva_method, steps=s.steps,
-                                                    progress=progress)
-            if distributed.is_main():
-                kva.save_scores(path, scores, ids, {"steps": s.steps, "method": s.kva_method, "data": data,
-                                                    "model": model_path(cfg)})
-    nodes = select_nodes(scores, q, s.strategy, seed=s.seed)
+    nodes = select_nodes(attribution_scores(cfg, model, tok, progress), q, s.strategy, seed=s.seed)
     save_nodes(out_dir / "nodes.json", nodes, q, s.strategy)
     return nodes
 

@@ -15,6 +15,32 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 #: CI runs slow cases in a reduced form (smaller sizes, fewer steps) when this is set.
 FAST = os.environ.get("KNOWPACK_FAST_TESTS") == "1"
 
+_CONSOLE_LOGGERS = ("", "knowpack", "lm_eval", "datasets", "peft", "accelerate", "httpx", "urllib3", "filelock",
+                    "submitit", "transformers")
+
+
+@pytest.fixture(autouse=True)
+def _console_put_back():
+    """`knowpack.cli.main` configures the console (logger levels, warning filters, transformers' bars) for the
+    whole process, as a CLI should; put it back after each test so no test sees another's console."""
+    import logging
+    import warnings
+
+    levels = {name: logging.getLogger(name).level for name in _CONSOLE_LOGGERS}
+    handlers = list(logging.getLogger().handlers)
+    filters = list(warnings.filters)
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger().handlers[:] = handlers
+    warnings.filters[:] = filters
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.enable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
 
 @pytest.fixture(scope="session")
 def tok():

@@ -424,6 +424,7 @@ def test_lm_eval_scores_an_adapted_model_item_by_item_as_knowpack_does(offline, 
 
 def test_quiet_runs_show_no_progress_bars_and_no_expected_warnings(offline, world, capsys, caplog):
     model, tok, _ = world
+    before = logging.getLogger("lm_eval").level  # NOTSET, or WARNING after a CLI test configured the console
     caplog.set_level(logging.INFO)  # as a CLI with -v would set the root logger
     scores = harness.run_harness(model, tok, ["world_mc:0"], limit=8, progress=False)
     assert scores["world_mc"]["n"] == 8 and scores["world_mc"]["num_fewshot"] == 0
@@ -432,7 +433,7 @@ def test_quiet_runs_show_no_progress_bars_and_no_expected_warnings(offline, worl
     lm_records = [r for r in caplog.records if r.name.startswith("lm_eval")]
     assert all(r.levelno >= logging.WARNING for r in lm_records), [r.getMessage() for r in lm_records]
     assert not [r for r in lm_records if r.getMessage().startswith(harness._EXPECTED_WARNINGS)]
-    assert logging.getLogger("lm_eval").level == logging.NOTSET  # put back
+    assert logging.getLogger("lm_eval").level == before  # put back
     import datasets.utils
     assert not datasets.utils.are_progress_bars_disabled()
 

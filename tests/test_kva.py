@@ -198,6 +198,22 @@ def test_shape_dtype_and_model_state_restored():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_phase_times_cover_the_fast_path_and_change_nothing():
+    from knowpack.methods.loki.kva import phase_times
+
+    model = tiny_model("llama", seed=2, **SMALL)
+    prompts = _prompts((6, 9), seed=7)
+    plain = attribute_ids(model, prompts, steps=2, progress=False)
+    with phase_times() as phases:
+        timed = attribute_ids(model, prompts, steps=2, progress=False)
+    assert torch.equal(timed, plain)
+    assert set(phases) == {"prefix", "clean", "forward", "backward", "scores"}
+    assert all(seconds >= 0 for seconds in phases.values())
+    before = dict(phases)
+    attribute_ids(model, prompts, steps=2, progress=False)  # outside the block nothing is added
+    assert phases == before
+
+
 def test_works_under_inference_mode():
     model = tiny_model("llama", seed=2, **SMALL)
     prompts = _prompts((4,), seed=6)

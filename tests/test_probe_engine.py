@@ -36,19 +36,22 @@ def make_facts() -> FactSet:
 
 
 def mixed_prompts(tok) -> list:
-    few_shot = build_probe_prompts(make_facts(), tok, n_prompts=2, shots=3, seed=1)
-    prompts: list = [p for per in few_shot for p in per]
+    few_shot = build_probe_prompts(make_facts(), tok, n_prompts=2, shots=3, seed=1)  # a prefix per prompt
+    shared = build_probe_prompts(make_facts(), tok, n_prompts=1, shots=2, seed=2, mode="shared")  # by relation
+    prompts: list = [p for per in few_shot for p in per] + [p for per in shared[:6] for p in per]
     prompts += ["Question: Who wrote it?\nAnswer:", Prompt("", "Question: Why?\nAnswer:"),
                 Prompt("Question: Wha", "t is it?\nAnswer:"),  # a prefix that may not tokenize on its own
                 zero_shot_prompt("Where is Land3?", tok)]
     return prompts
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_greedy_equals_naive_generate(tok, arch):
+@pytest.mark.parametrize("arch,prefill_tokens", [("llama", None), ("qwen2", None), ("llama", 16)])
+def test_greedy_equals_naive_generate(tok, arch, prefill_tokens):
     model = tiny_model(arch, seed=3, vocab_size=len(tok))
     prompts = mixed_prompts(tok)
-    engine = HFEngine(model, tok, batch_size=5)  # batches mix prefixes, lengths and unshared prompts
+    # batches mix shared and own prefixes, lengths and unshared prompts; 16 prefill tokens put each
+    # prefix in a prefill of its own, longer than asked
+    engine = HFEngine(model, tok, batch_size=5, prefill_tokens=prefill_tokens)
     got = engine.generate(prompts, greedy=True, n_samples=0, max_new_tokens=MAX_NEW)
     want = naive_generate(model, tok, prompts, max_new_tokens=MAX_NEW)
     assert [c.greedy for c in got] == want
@@ -97,6 +100,53 @@ def test_stops_at_end_of_line(tok):
     assert [c.greedy for c in got] == naive_generate(model, tok, prompts, max_new_tokens=32, stop_early=False)
 
 
+def test_long_answers_grow_the_cache(tok):
+    """Answers longer than the cache's first reserve (a random model rarely ends its line)."""
+    model = tiny_model("llama", seed=12, vocab_size=len(tok))
+    prompts = mixed_prompts(tok)[:6]
+    for cascade in (True, False):
+        got = HFEngine(model, tok, batch_size=3, cascade=cascade).generate(prompts, n_samples=2, max_new_tokens=40)
+        assert [c.greedy for c in got] == naive_generate(model, tok, prompts, max_new_tokens=40)
+
+
+def _reference_samples(model, tok, prompt, key, n_samples, temperature, top_k, seed, max_new):
+    """The sampling rule applied by hand: each sample on its own, the whole sequence re-run at every step."""
+    from knowpack.probe.engine import decode_answer, gumbel_noise, stream_key
+
+    ends = stop_token_ids(tok) | {tok.eos_token_id}
+    ids = tok(prompt.text)["input_ids"]
+    answers = []
+    for j in range(n_samples):
+        stream = torch.tensor([stream_key(seed, key, j)])
+        seq, gen = list(ids), []
+        for step in range(max_new):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([seq])).logits[0, -1].float()
+            vals, idx = torch.topk(logits, top_k)
+            pick = (vals.double() / temperature + gumbel_noise(stream, step, idx[None])[0]).argmax()
+            gen.append(int(idx[pick]))
+            seq.append(gen[-1])
+            if gen[-1] in ends:
+                break
+        answers.append(decode_answer(tok, gen))
+    return answers
+
+
+def test_samples_equal_the_rule_applied_one_sample_at_a_time(tok):
+    """Shared prefills, rows merged while their tokens agree, cascade attention: none of it changes a
+    sample, which is what the Gumbel rule gives on a row of its own."""
+    model = tiny_model("llama", seed=13, vocab_size=len(tok))
+    prompts = mixed_prompts(tok)[::3][:5]
+    keys = [40 + i for i in range(len(prompts))]
+    kw = dict(temperature=0.8, top_k=6, seed=2)
+    got = HFEngine(model, tok, batch_size=4).generate(prompts, n_samples=4, sample_keys=keys, max_new_tokens=MAX_NEW,
+                                                      **kw)
+    want = [_reference_samples(model, tok, p, k, 4, kw["temperature"], kw["top_k"], kw["seed"], MAX_NEW)
+            for p, k in zip(prompts, keys)]
+    assert [c.samples for c in got] == want
+    assert any(len(set(s)) > 1 for s in want)  # the samples of a prompt do differ
+
+
 def test_sampling_reproducible_and_seeded(tok):
     model = tiny_model("qwen2", seed=7, vocab_size=len(tok))
     prompts = mixed_prompts(tok)[:8]
@@ -118,6 +168,16 @@ def test_top1_sampling_is_greedy(tok):
     prompts = mixed_prompts(tok)[:5]
     got = HFEngine(model, tok, batch_size=5).generate(prompts, n_samples=2, top_k=1, max_new_tokens=MAX_NEW)
     assert all(c.samples == [c.greedy, c.greedy] for c in got)
+
+
+def test_one_token_prompts_have_no_prefix(tok):
+    model = tiny_model("llama", seed=14, vocab_size=len(tok))
+    prompts = ["x", "Question: Why?\nAnswer:", "y", mixed_prompts(tok)[0]]
+    assert len(tok("x")["input_ids"]) == 1
+    for cascade in (True, False):
+        got = HFEngine(model, tok, batch_size=4, cascade=cascade).generate(prompts, n_samples=2,
+                                                                           max_new_tokens=MAX_NEW)
+        assert [c.greedy for c in got] == naive_generate(model, tok, prompts, max_new_tokens=MAX_NEW)
 
 
 def test_argument_checks(tok):

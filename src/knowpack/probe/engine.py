@@ -6,17 +6,24 @@
 A backend turns prompts into short answers: one greedy answer and/or `n_samples` sampled answers
 per prompt, each cut at the end of its line. `HFEngine` does this fast on any Hugging Face causal LM:
 
-* **Batching.** Prompts are sorted by shared prefix and suffix length and run `batch_size` at a time.
-* **Shared prefixes.** The distinct few-shot prefixes of a batch run once (left-padded). The
-  suffixes follow, right-aligned so every row's last column is a real token, with explicit
-  position ids (prefix 0…p-1, suffix p…p+s-1, then onwards) and a mask over the pads, so each row
+* **Batching.** Prompts that share a few-shot prefix are grouped; prompts that share nothing (with
+  exemplars drawn per question, nearly all of them) are sorted by length; `batch_size` prompts run
+  at a time.
+* **One prefill per prefix.** The distinct prefixes of a batch run once, in chunks of about
+  `prefill_tokens` tokens (small on a CPU, where that keeps activations in reused memory), and the
+  prefill stops once the last layer has written its keys and values. A prompt whose prefix is its
+  own is prefilled whole but for its last token. The suffixes follow, right-aligned so every row's
+  last column is a real token, with explicit position ids and a mask over the pads, so each row
   sees exactly the positions and tokens it would see alone. Where the architecture is plain causal
   attention (Llama, Mistral, Qwen2/3 without sliding windows) the prefix keys/values stay in one copy
   per prefix and a "cascade" attention function reads them for all its rows, merged with each row's
   own keys in one softmax; otherwise the prefix cache is gathered to every row, giving the layout
   ``[pad… prefix][pad… suffix][generated…]`` with the mask zero over both pad runs.
-* **Shared prefill for samples.** Greedy and sampled rows of one prompt reuse its prefill: the cache
-  is repeated `1 + n_samples` times after the suffix pass.
+* **Shared decoding for samples.** The greedy answer and the samples of a prompt start from its
+  prefill, and at a low temperature they mostly pick the same tokens. The model runs once per
+  distinct (prompt, tokens so far) sequence, a *node*; each answer reads its next token from its
+  node's logits and the answers of a node that pick the same token share the child node, so work
+  is done per distinct sequence, not per answer.
 * **Early stop.** A row ends at the first token whose text holds the stop string (default newline)
   or at EOS; finished rows are dropped from the batch, and a batch ends when all rows have ended,
   at the latest after `max_new_tokens`.
@@ -28,9 +35,10 @@ step, token id), so a prompt's samples depend on nothing else in the call — no
 lands in, the batch size, the other prompts or whether its greedy answer is generated in the same
 pass. An unchanged model re-probed gives identical samples, and a changed model's samples differ
 only where its distribution changed. Gumbel-max over the top-k logits draws exactly from the
-top-k softmax at the given temperature. `naive_generate` is the slow
-reference: one `model.generate` call per prompt, greedy; tests and `bench/probe.py` check the
-engine's greedy answers against it.
+top-k softmax at the given temperature. `naive_generate` is the slow reference: one
+`model.generate` call per prompt, greedy; tests and `bench/probe.py` check the engine's greedy
+answers against it (and `naive_sample`, transformers' own sampler, against its samples'
+distribution).
 """
 
 from __future__ import annotations
@@ -131,12 +139,15 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def gumbel_noise(streams: torch.Tensor, step: int, tokens: torch.Tensor) -> torch.Tensor:
+def gumbel_noise(streams: torch.Tensor, step: int, tokens: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
     """Standard Gumbel noise [R, K] for rows of 64-bit `streams` [R] at `step`, one value per token id
-    in `tokens` [R, K]; a pure function of its inputs, on any device."""
+    in `tokens` [R, K] (or in `tokens[rows]`, when rows share token lists); a pure function of its
+    inputs, on any device."""
     hi, lo = (streams >> 32) & 0xFFFFFFFF, streams & 0xFFFFFFFF
-    x = _mix32((tokens.long() & 0xFFFFFFFF) ^ _mul32(torch.full_like(tokens, step + 1, dtype=torch.long),
-                                                      0x9E3779B9))
+    x = _mix32((tokens.long() & 0xFFFFFFFF) ^ (((step + 1) * 0x9E3779B9) & 0xFFFFFFFF))
+    if rows is not None:  # the token part of the hash once per token list
+        x = x[rows]
     x = _mix32(x ^ lo[:, None])
     x = _mix32(x ^ hi[:, None])
     u = ((x >> 8).double() + 0.5) / float(1 << 24)  # in (0, 1), 24 bits
@@ -200,7 +211,7 @@ class Arena:
     """Reusable flat buffers, so the cache is not allocated afresh at every batch and compaction.
 
     On a CPU, a fresh large tensor costs a page fault per 4 KiB touched; with hundreds of rows that
-    cost more than the attention itself. Buffers live for one `generate` call.
+    cost more than the attention itself. An engine on a CPU keeps its arena between calls.
     """
 
     def __init__(self) -> None:
@@ -212,7 +223,8 @@ class Arena:
             n *= d
         flat = self._flat.get(key)
         if flat is None or flat.numel() < n or flat.dtype != like.dtype or flat.device != like.device:
-            flat = self._flat[key] = like.new_empty(max(n, flat.numel() if flat is not None else 0))
+            # a quarter more than asked: decode batches grow as answers branch
+            flat = self._flat[key] = like.new_empty(max(n + n // 4, flat.numel() if flat is not None else 0))
         return flat[:n].view(shape)
 
 
@@ -256,9 +268,9 @@ def _buffered_layer_class():
                 self._kh, self._kd, self._vd, self._like = key_states.shape[1], key_states.shape[3], \
                     value_states.shape[3], key_states.new_empty(0)
                 self._k, self._v = self._buffers(key_states.shape[0], need + self.reserve, self.slot)
-            elif need > self._k.shape[2]:  # beyond the reserve: grow (not expected in probing)
-                k = key_states.new_empty(*self._k.shape[:2], max(need, 2 * self._k.shape[2]), self._k.shape[3])
-                v = value_states.new_empty(*self._v.shape[:2], k.shape[2], self._v.shape[3])
+            elif need > self._k.shape[2]:  # beyond the reserve: grow into the other buffers
+                self.slot = 1 - self.slot
+                k, v = self._buffers(self._k.shape[0], max(need, 2 * self._k.shape[2]), self.slot)
                 k[:, :, :self.length], v[:, :, :self.length] = self.keys, self.values
                 self._k, self._v = k, v
             self._k[:, :, self.length:need] = key_states
@@ -276,8 +288,9 @@ def _buffered_layer_class():
             indices = indices.to(self._k.device)
             self.slot = 1 - self.slot
             k, v = self._buffers(len(indices), self._k.shape[2], self.slot)
-            torch.index_select(self._k, 0, indices, out=k)
-            torch.index_select(self._v, 0, indices, out=v)
+            n = self.length if self._k.device.type == "cpu" else self._k.shape[2]  # on a CPU, only what is filled
+            torch.index_select(self._k[:, :, :n], 0, indices, out=k[:, :, :n])
+            torch.index_select(self._v[:, :, :n], 0, indices, out=v[:, :, :n])
             self._k, self._v = k, v
             self._views()
 
@@ -340,27 +353,45 @@ def cascade_supported(model: Any) -> bool:
 
 
 class _CascadeState:
-    """The shared prefixes of a batch, kept once, and which prefix each live row reads."""
+    """The shared prefixes of a batch, kept once, and which prefix each live row reads.
+
+    Rows of one prefix are contiguous (batches are sorted by prefix, and the decode loop keeps
+    children in their parents' order). For the prefix part of attention every prefix's rows are laid
+    out in `slots` columns, so one batched matmul over the prefixes serves all rows, with no Python
+    loop over prefixes; `dense` marks the common case of one row per prefix, in order.
+    """
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], prefix_mask: torch.Tensor,
-                 which: torch.Tensor):
-        # float32 once per batch; values at pad positions zeroed so that a zero weight times a
+                 which: torch.Tensor, arena: Arena):
+        # float32, values at pad positions zeroed (`HFEngine._prefill`) so that a zero weight times a
         # non-finite value (a fully padded prefix) cannot leak into the output
-        keep = prefix_mask[:, None, :, None]
-        self.keys = [k.float() for k in keys]
-        self.values = [torch.where(keep, v.float(), 0.0) for v in values]
+        self.keys, self.values, self.arena, self.buffer = keys, values, arena, 0
         self.prefix_mask = prefix_mask
+        self.where = torch.arange(len(prefix_mask), device=prefix_mask.device)  # prefix id -> its place
         self.own_mask: torch.Tensor | None = None  # (rows, own length), set before each forward
         self.blocked: torch.Tensor | None = None  # the own-part mask built from it by the first layer
+        self.own_pads = True  # whether own masks may hold pads (else one query per row sees all its keys)
         self.set_rows(which)
 
     def set_rows(self, which: torch.Tensor) -> None:
-        self.which = which
-        self.row_mask = self.prefix_mask[which]
-        # rows of one prefix are contiguous (batches are sorted by prefix); runs are found anyway
-        ids, counts = torch.unique_consecutive(which, return_counts=True)
-        ends = counts.cumsum(0).tolist()
-        self.groups = [(j, a, b) for j, a, b in zip(ids.tolist(), [0] + ends[:-1], ends)]
+        """`which[r]`: the prefix (its index at construction) of live row r; rows sorted by prefix."""
+        live, counts = torch.unique_consecutive(which, return_counts=True)
+        if 4 * len(live) <= 3 * self.keys[0].shape[0]:  # a quarter of the prefixes ended: keep the live ones
+            place = self.where[live]
+            self.buffer = 1 - self.buffer  # copy between two reused buffers, as `BufferedLayer` does
+            for name, kv in (("pk", self.keys), ("pv", self.values)):
+                for j, t in enumerate(kv):
+                    kv[j] = torch.index_select(t, 0, place, out=self.arena.take(
+                        (name, j, self.buffer), (len(place), *t.shape[1:]), t))
+            self.prefix_mask = self.prefix_mask.index_select(0, place)
+            self.where = torch.full_like(self.where, -1)
+            self.where[live] = torch.arange(len(live), device=live.device)
+        self.which = self.where[which]
+        self.row_mask = ~self.prefix_mask[self.which][:, None, None, :]
+        starts = counts.cumsum(0) - counts
+        self.slot = torch.arange(len(which), device=which.device) - starts.repeat_interleave(counts)
+        self.slots = int(counts.max())
+        self.dense = self.slots == 1 and len(live) == self.keys[0].shape[0]
 
 
 def _cascade_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -384,27 +415,38 @@ def _cascade_attention(module, query, key, value, attention_mask, scaling=None, 
     qf = (query.float() * scale).reshape(rows, kv_heads, gq, dim)
     neg = torch.finfo(torch.float32).min
 
-    own = qf @ key.float().transpose(-1, -2)  # rows, kv_heads, gq, own_len
-    if st.blocked is None or st.blocked.shape[-2:] != (gq, own_len):  # once per forward, not per layer
-        causal = torch.arange(own_len, device=query.device)[None, :] <= \
-            torch.arange(own_len - q_len, own_len, device=query.device)[:, None]
-        st.blocked = ~(st.own_mask.bool()[:, None, None, :] & causal[None, None]).repeat(1, 1, group, 1)
-    own.masked_fill_(st.blocked, neg)
+    key, value = key.float(), value.float()
+    # one query per row (decoding): products and sums beat a batch of tiny matrix products
+    own = (qf[:, :, :, None] * key[:, :, None]).sum(-1) if q_len == 1 else qf @ key.transpose(-1, -2)
+    if q_len > 1 or st.own_pads:
+        if st.blocked is None or st.blocked.shape[-2:] != (gq, own_len):  # once per forward, not per layer
+            causal = torch.arange(own_len, device=query.device)[None, :] <= \
+                torch.arange(own_len - q_len, own_len, device=query.device)[:, None]
+            st.blocked = ~(st.own_mask.bool()[:, None, None, :] & causal[None, None]).repeat(1, 1, group, 1)
+        own.masked_fill_(st.blocked, neg)
 
-    kp, vp = st.keys[module.layer_idx], st.values[module.layer_idx]
-    p_len = kp.shape[2]
-    pre = qf.new_empty(rows, kv_heads, gq, p_len)
-    for j, a, b in st.groups:
-        qj = qf[a:b].transpose(0, 1).reshape(kv_heads, -1, dim)
-        pre[a:b] = (qj @ kp[j].transpose(-1, -2)).view(kv_heads, b - a, gq, p_len).transpose(0, 1)
-    pre.masked_fill_(~st.row_mask[:, None, None, :], neg)
+    kp, vp = st.keys[module.layer_idx], st.values[module.layer_idx]  # prefixes, kv_heads, p_len, dim
+    n_pre, p_len = kp.shape[0], kp.shape[2]
+    if st.dense:
+        pre = qf @ kp.transpose(-1, -2)
+    else:  # rows placed in (prefix, slot) cells; empty cells are zero and never read back
+        grid = qf.new_zeros(n_pre, kv_heads, st.slots, gq, dim)
+        grid[st.which, :, st.slot] = qf
+        pre = (grid.view(n_pre, kv_heads, -1, dim) @ kp.transpose(-1, -2)) \
+            .view(n_pre, kv_heads, st.slots, gq, p_len)[st.which, :, st.slot]
+    pre.masked_fill_(st.row_mask, neg)
 
     probs = torch.softmax(torch.cat([pre, own], dim=-1), dim=-1)
-    out = probs[..., p_len:] @ value.float()
+    p_own = probs[..., p_len:]  # rows, kv_heads, gq, own_len
+    out = (p_own[..., None] * value[:, :, None]).sum(-2) if q_len == 1 else p_own @ value
     p_pre = probs[..., :p_len]
-    for j, a, b in st.groups:
-        pj = p_pre[a:b].transpose(0, 1).reshape(kv_heads, -1, p_len)
-        out[a:b] += (pj @ vp[j]).view(kv_heads, b - a, gq, -1).transpose(0, 1)
+    if st.dense:
+        out += p_pre @ vp
+    else:
+        grid = p_pre.new_zeros(n_pre, kv_heads, st.slots, gq, p_len)
+        grid[st.which, :, st.slot] = p_pre
+        out += (grid.view(n_pre, kv_heads, -1, p_len) @ vp).view(n_pre, kv_heads, st.slots, gq, -1)[
+            st.which, :, st.slot]
     out = out.view(rows, kv_heads, group, q_len, -1).reshape(rows, heads, q_len, -1)
     return out.transpose(1, 2).to(query.dtype).contiguous(), None
 
@@ -438,19 +480,104 @@ class _Item:
     key: int = 0  # the prompt's sample key (common random numbers)
 
 
+def _arrange(items: list[_Item]) -> list[_Item]:
+    """Batch order: prompts sharing a prefix grouped (by first appearance, then suffix length), then
+    the prompts that share nothing, by length.
+
+    A prompt whose prefix no other prompt of the call has (per-question exemplars, plain strings) is
+    re-split into all its tokens but the last, prefilled with its neighbours of similar length, and
+    its last token: the prefill's keys and values are then shared by the prompt's greedy and sampled
+    answers, and nothing but generated tokens is ever copied per answer.
+    """
+    count: dict[tuple[int, ...], int] = {}
+    for it in items:
+        count[it.prefix] = count.get(it.prefix, 0) + 1
+    shared, solo = [], []
+    for it in items:
+        if it.prefix and count[it.prefix] > 1:
+            shared.append(it)
+        else:
+            ids = [*it.prefix, *it.suffix]
+            it.prefix, it.suffix = tuple(ids[:-1]), ids[-1:]
+            solo.append(it)
+    order: dict[tuple[int, ...], int] = {}
+    for it in shared:
+        order.setdefault(it.prefix, len(order))
+    shared.sort(key=lambda it: (order[it.prefix], len(it.suffix), it.index))
+    solo.sort(key=lambda it: (len(it.prefix), it.index))
+    return shared + solo
+
+
+class _PrefillDone(Exception):
+    """Raised once the last layer's keys and values of a prefill are in its cache."""
+
+
+_PREFILL_CACHE: type | None = None
+
+
+def _prefill_cache(config: Any):
+    global _PREFILL_CACHE
+    if _PREFILL_CACHE is None:
+        from transformers import DynamicCache
+
+        class PrefillCache(DynamicCache):
+            """Ends the forward pass once the last layer has written its keys and values."""
+
+            def __init__(self, config):
+                super().__init__(config=config)
+                self.last_layer = config.get_text_config().num_hidden_layers - 1
+
+            def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+                out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+                if layer_idx == self.last_layer:
+                    raise _PrefillDone
+                return out
+
+        _PREFILL_CACHE = PrefillCache
+    return _PREFILL_CACHE(config)
+
+
+def prefill_kv(model: Any, **inputs: Any):
+    """The key/value cache (a `DynamicCache`) of `model` run on `inputs`, and nothing else.
+
+    A prefill needs nothing from the last layer but its keys and values: its attention output, MLP,
+    the final norm and the logits are never read. The forward pass stops as soon as the last layer
+    has written them, which saves most of a layer per token, while the keys and values still come
+    from the model's own code. `model` is a causal LM or its inner decoder.
+    """
+    cache = _prefill_cache(model.config)
+    try:
+        model(**inputs, use_cache=True, **with_cache(model, cache))
+    except _PrefillDone:
+        pass
+    return cache
+
+
+def default_prefill_tokens(model: Any) -> int:
+    """Tokens per prefill forward: many on an accelerator, 512 on a CPU. On 2-core CPUs a forward of
+    about 500 tokens was fastest per token for hidden sizes 128 and 256 (a 1000-token one was 10-20%
+    slower, its activations no longer in cache and partly fresh pages; a 100-token one 40% slower,
+    from per-forward overhead)."""
+    return 512 if model.device.type == "cpu" else 16384
+
+
 class HFEngine:
     """Batched greedy + sampled generation on a Hugging Face causal LM (see the module docstring).
 
-    `batch_size` is the number of prompts per batch; each prompt adds `greedy + n_samples` rows.
-    `cascade` (default: where the architecture allows) keeps each shared prefix's keys and values
-    once per batch instead of once per row, which cuts attention reads and cache copies several-fold
-    when few-shot prefixes are long; without it the prefix cache is copied to every row.
+    `batch_size` is the number of prompts per batch; each prompt adds `greedy + n_samples` answers,
+    decoded together while their tokens agree. `cascade` (default: where the architecture allows)
+    keeps each prefix's keys and values once per batch instead of once per decoding row, which cuts
+    attention reads and cache copies several-fold; without it the prefix cache is copied to every
+    row. `prefill_tokens` (default `default_prefill_tokens`) sizes the prefill's forward passes.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, cascade: bool | None = None):
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32, cascade: bool | None = None,
+                 prefill_tokens: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.prefill_tokens = prefill_tokens or default_prefill_tokens(model)
+        self._arena = Arena()
         supported = cascade_supported(model)
         if cascade and not supported:
             log.warning("cascade attention is not supported for %s; copying prefixes per row instead",
@@ -513,10 +640,7 @@ class HFEngine:
         items = self._tokenize([as_prompt(p) for p in prompts])
         for it in items:
             it.key = keys[it.index]
-        prefix_order: dict[tuple[int, ...], int] = {}
-        for it in items:
-            prefix_order.setdefault(it.prefix, len(prefix_order))
-        items.sort(key=lambda it: (prefix_order[it.prefix], len(it.suffix), it.index))
+        items = _arrange(items)
 
         stops = set(stop_token_ids(self.tokenizer, stop)) if stop else set()
         vocab = self.model.get_output_embeddings().weight.shape[0]
@@ -527,7 +651,9 @@ class HFEngine:
             is_stop[torch.tensor(ends, device=device)] = True
 
         results: list[Completions | None] = [None] * len(items)
-        arena = Arena()
+        # On a CPU the buffers are kept for the next call (fresh pages cost more than holding them);
+        # an accelerator's own allocator already reuses its memory.
+        arena = self._arena if self.model.device.type == "cpu" else Arena()
         was_training = self.model.training
         self.model.eval()  # no dropout while answering; the caller's mode is restored below
         try:
@@ -541,19 +667,22 @@ class HFEngine:
     def _generate_batches(self, items, results, arena, *, greedy, n_samples, temperature, top_k, max_new_tokens,
                           seed, stop, is_stop, progress) -> None:
         device = self.model.device
+        per = int(greedy) + n_samples
         for start in range(0, len(items), self.batch_size):
             batch = items[start:start + self.batch_size]
             streams = None
             if n_samples:  # one random stream per row (greedy rows get a placeholder)
-                per = int(greedy) + n_samples
                 streams = torch.tensor([stream_key(seed, it.key, j - int(greedy)) if j >= int(greedy) else 0
                                         for it in batch for j in range(per)], dtype=torch.long, device=device)
             tokens = self._run_batch(batch, greedy=greedy, n_samples=n_samples, temperature=temperature,
                                      top_k=top_k, max_new_tokens=max_new_tokens, is_stop=is_stop, streams=streams,
                                      arena=arena)
-            per = int(greedy) + n_samples
+            # many answers of a prompt are the same tokens: decode each distinct sequence once
+            distinct = list(dict.fromkeys(map(tuple, tokens)))
+            texts = dict(zip(distinct, (cut_answer(t, stop) for t in
+                                        self.tokenizer.batch_decode(distinct, skip_special_tokens=True))))
             for j, it in enumerate(batch):
-                rows = [decode_answer(self.tokenizer, t, stop) for t in tokens[j * per:(j + 1) * per]]
+                rows = [texts[tuple(t)] for t in tokens[j * per:(j + 1) * per]]
                 results[it.index] = Completions(rows[0] if greedy else None, rows[int(greedy):])
             if progress is not None:
                 progress(len(batch))
@@ -565,47 +694,83 @@ class HFEngine:
                          use_cache=True, **with_cache(self.model, cache), **self._keep)
         return out.logits[:, -1, :].float()
 
+    def _prefill(self, prefixes: list[tuple[int, ...]], p_len: int,
+                 arena: Arena) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keys and values [prefixes, kv_heads, p_len, head_dim] per layer, float32, right-padded (pad
+        values zeroed), computed in chunks of about `prefill_tokens` tokens.
+
+        A chunk is right-padded, so every prefix starts at position 0 and sees exactly what it would
+        alone under the plain causal mask (no padding mask, hence the causal attention kernels; the
+        pads' outputs are never read). Small chunks keep a CPU's activations in reused memory (see
+        `default_prefill_tokens`).
+        """
+        device = self.model.device
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        lo = 0
+        while lo < len(prefixes):
+            hi, longest = lo + 1, len(prefixes[lo])
+            while hi < len(prefixes) and max(longest, len(prefixes[hi])) * (hi + 1 - lo) <= self.prefill_tokens:
+                longest = max(longest, len(prefixes[hi]))
+                hi += 1
+            part = prefixes[lo:hi]
+            if longest:
+                ids = torch.tensor([list(p) + [self.pad_id] * (longest - len(p)) for p in part], device=device)
+                lens = torch.tensor([len(p) for p in part], device=device)
+                pad = (torch.arange(longest, device=device)[None, :] >= lens[:, None])[:, None, :, None]
+                c_cache = prefill_kv(self.model, input_ids=ids)
+                for j, layer in enumerate(c_cache.layers):
+                    if len(keys) <= j:
+                        for name, t, out in (("pk", layer.keys, keys), ("pv", layer.values, values)):
+                            like = t.new_empty(0, dtype=torch.float32)
+                            out.append(arena.take((name, j, 0), (len(prefixes), t.shape[1], p_len, t.shape[3]),
+                                                  like))
+                        values[j][:lo].zero_()  # earlier chunks without tokens
+                    # keys at pad positions need no clearing: their scores are masked whatever they hold
+                    keys[j][lo:hi, :, :longest] = layer.keys
+                    values[j][lo:hi, :, :longest].copy_(layer.values).masked_fill_(pad, 0)
+            if values:
+                for v in values:
+                    v[lo:hi, :, longest:].zero_()
+            lo = hi
+        return keys, values
+
     def _run_batch(self, batch: list[_Item], *, greedy: bool, n_samples: int, temperature: float, top_k: int,
                    max_new_tokens: int, is_stop: torch.Tensor, streams: torch.Tensor | None,
                    arena: Arena) -> list[list[int]]:
         """Generated token ids per row (prompt-major; greedy row first), each ending at its stop token."""
         device = self.model.device
         s_len = max(len(it.suffix) for it in batch)
-        cache = new_cache(self.model, reserve=s_len + max_new_tokens, arena=arena)
+        # room for the suffix (after a copied prefix) and the first generated tokens; most answers end
+        # there, and a longer one grows the buffers
+        cache = new_cache(self.model, reserve=(0 if self.cascade else s_len) + min(max_new_tokens, 16), arena=arena)
 
-        # 1. distinct prefixes, left-padded, once each: their cache goes either to a cascade state
-        #    (read once per prefix) or, gathered, to every row's own cache
-        prefixes = list(dict.fromkeys(it.prefix for it in batch))
-        which = torch.tensor([prefixes.index(it.prefix) for it in batch], device=device)
+        # 1. distinct prefixes, once each: their cache goes either to a cascade state (read once per
+        #    prefix) or, left-padded and gathered, to every row's own cache
+        place: dict[tuple[int, ...], int] = {}
+        for it in batch:
+            place.setdefault(it.prefix, len(place))
+        prefixes = list(place)
+        which = torch.tensor([place[it.prefix] for it in batch], device=device)
         p_len = max(len(p) for p in prefixes)
         p_lens = torch.tensor([len(p) for p in prefixes], device=device)
         state = None
         mask = torch.zeros((len(batch), 0), dtype=torch.long, device=device)
         if p_len:
-            ids = torch.full((len(prefixes), p_len), self.pad_id, dtype=torch.long, device=device)
-            for r, p in enumerate(prefixes):
-                if p:
-                    ids[r, p_len - len(p):] = torch.tensor(p, device=device)
-            p_mask = (torch.arange(p_len, device=device)[None, :] >= (p_len - p_lens)[:, None]).long()
-            p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
             if self.cascade:
-                from transformers import DynamicCache
-
-                p_cache = DynamicCache(config=self.model.config)
-                self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
-                           **with_cache(self.model, p_cache), **self._keep)
-                state = _CascadeState([layer.keys for layer in p_cache.layers],
-                                      [layer.values for layer in p_cache.layers], p_mask.bool(), which)
+                keys, values = self._prefill(prefixes, p_len, arena)
+                p_mask = torch.arange(p_len, device=device)[None, :] < p_lens[:, None]
+                state = _CascadeState(keys, values, p_mask, which, arena)
             else:
-                self.model(input_ids=ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
-                           **with_cache(self.model, cache), **self._keep)
+                p_mask = (torch.arange(p_len, device=device)[None, :] >= (p_len - p_lens)[:, None]).long()
+                ids = torch.tensor([[self.pad_id] * (p_len - len(p)) + list(p) for p in prefixes], device=device)
+                self.model(input_ids=ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+                           use_cache=True, **with_cache(self.model, cache), **self._keep)
                 cache.batch_select_indices(which)
                 mask = p_mask[which]
 
         # 2. suffixes, right-aligned after the prefix block, with explicit positions
-        ids = torch.full((len(batch), s_len), self.pad_id, dtype=torch.long, device=device)
-        for r, it in enumerate(batch):
-            ids[r, s_len - len(it.suffix):] = torch.tensor(it.suffix, device=device)
+        ids = torch.tensor([[self.pad_id] * (s_len - len(it.suffix)) + it.suffix for it in batch], device=device)
         s_lens = torch.tensor([len(it.suffix) for it in batch], device=device)
         s_mask = (torch.arange(s_len, device=device)[None, :] >= (s_len - s_lens)[:, None]).long()
         offset = p_lens[which]
@@ -618,66 +783,85 @@ class HFEngine:
 
     def _decode(self, cache, state, ids, mask, pos, last_pos, which, *, greedy, n_samples, temperature, top_k,
                 max_new_tokens, is_stop, streams) -> list[list[int]]:
-        device = ids.device
-        logits = self._forward(ids, mask, pos, cache, state)
+        """Decode every answer row of the batch, computing each distinct token sequence once.
 
-        # 3. one row per greedy answer and sample, sharing the prefill
+        The answers of one prompt (greedy and samples) start from one state, and at a low temperature
+        most of them keep choosing the same tokens. So the model runs on *nodes*, the distinct
+        (prompt, tokens so far) sequences, and every answer row points at its node: a row takes its next
+        token from its node's logits (its own noise for samples), and the rows of a node that chose
+        the same token share the child node. Each answer's tokens are what it would get on a row of its
+        own; only the work is shared.
+        """
+        device = ids.device
+        if state is not None:  # rows only ever gain unmasked columns, so this holds for the whole batch
+            state.own_pads = not bool(mask.all())
+        logits = self._forward(ids, mask, pos, cache, state)  # one node per prompt
         per = int(greedy) + n_samples
-        if per > 1:
-            cache.batch_repeat_interleave(per)
-            logits = logits.repeat_interleave(per, dim=0)
-            mask = mask.repeat_interleave(per, dim=0)
-            last_pos = last_pos.repeat_interleave(per, dim=0)
-            which = which.repeat_interleave(per, dim=0)
-            if state is not None:
-                state.set_rows(which)
-        n_rows = logits.shape[0]
+        n_rows = logits.shape[0] * per
+        vocab = logits.shape[-1]
+        node = torch.arange(logits.shape[0], device=device).repeat_interleave(per)  # each live row's node
         sampled = torch.ones(n_rows, dtype=torch.bool, device=device)
         if greedy:
             sampled[::per] = False
-
-        # 4. decode until every row has ended its line
         out = torch.full((n_rows, max_new_tokens), -1, dtype=torch.long, device=device)
         active = torch.arange(n_rows, device=device)  # original row of each live row
-        live_done = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        # Without cascade state every node holds a copy of its prompt: do not copy the cache only to
+        # drop a few finished nodes (they run idle until an eighth of them have ended).
+        lazy = state is None
         for step in range(max_new_tokens):
-            nxt = self._choose(logits, sampled[active], temperature, top_k,
-                               streams[active] if streams is not None else None, step)
-            out[active, step] = torch.where(live_done, torch.full_like(nxt, -1), nxt)
-            live_done |= is_stop[nxt]
-            if step == max_new_tokens - 1 or bool(live_done.all()):
+            nxt = self._choose(logits, sampled, temperature, top_k, streams, step, node=node)
+            out[active, step] = nxt
+            if step == max_new_tokens - 1:
                 break
-            n_done = int(live_done.sum())
-            if n_done and n_done * 8 >= live_done.numel():  # drop finished rows once they are an eighth
-                keep = (~live_done).nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                active, nxt, mask, last_pos = active[keep], nxt[keep], mask[keep], last_pos[keep]
-                live_done, which = live_done[keep], which[keep]
+            going = ~is_stop[nxt]
+            keep = going.nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            if keep.numel() < going.numel():
+                active, nxt, node, sampled = active[keep], nxt[keep], node[keep], sampled[keep]
+                if streams is not None:
+                    streams = streams[keep]
+            children, node = torch.unique(node * vocab + nxt, return_inverse=True)  # sorted: parents' order
+            parent, token = children // vocab, children % vocab
+            n_nodes = logits.shape[0]
+            if lazy and len(children) <= n_nodes and torch.equal(torch.unique_consecutive(parent), parent) \
+                    and 8 * (n_nodes - len(children)) < n_nodes:
+                # no branching and few ended: children stay in their parents' places
+                fed = torch.full((n_nodes,), self.pad_id, dtype=torch.long, device=device)
+                fed[parent] = token
+                node, token = parent[node], fed
+            elif len(children) != n_nodes or not torch.equal(parent, torch.arange(n_nodes, device=device)):
+                cache.batch_select_indices(parent)
+                mask, last_pos, which = mask[parent], last_pos[parent], which[parent]
                 if state is not None:
                     state.set_rows(which)
-            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             last_pos = last_pos + 1
-            logits = self._forward(nxt[:, None], mask, last_pos[:, None], cache, state)
+            logits = self._forward(token[:, None], mask, last_pos[:, None], cache, state)
 
         rows = out.tolist()
         return [[t for t in row if t >= 0] for row in rows]
 
     @staticmethod
     def _choose(logits: torch.Tensor, sampled: torch.Tensor, temperature: float, top_k: int,
-                streams: torch.Tensor | None, step: int) -> torch.Tensor:
-        """Greedy rows: the argmax. Sampled rows: Gumbel-max over the top-k logits / temperature, with
-        each row's noise from its own stream (`gumbel_noise`)."""
-        nxt = logits.argmax(dim=-1)
+                streams: torch.Tensor | None, step: int, node: torch.Tensor | None = None) -> torch.Tensor:
+        """The next token of every row. `logits` are per node, `node[r]` is row r's node (default: row r
+        is node r). Greedy rows: the argmax. Sampled rows: Gumbel-max over the top-k logits /
+        temperature, with each row's noise from its own stream (`gumbel_noise`)."""
+        best = logits.argmax(dim=-1)
+        nxt = best.clone() if node is None else best[node]
         if streams is not None and bool(sampled.any()):
             rows = sampled.nonzero().squeeze(1)
-            scores = logits[rows].double() / temperature
+            nodes, at = torch.unique(rows if node is None else node[rows], return_inverse=True)
+            scores = logits[nodes]  # the top k once per node (in float32: the same order as in float64)
             if 0 < top_k < scores.shape[-1]:
                 vals, idx = torch.topk(scores, top_k, dim=-1)
             else:
                 vals = scores
                 idx = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
-            pick = (vals + gumbel_noise(streams[rows], step, idx)).argmax(dim=-1, keepdim=True)
-            nxt[rows] = idx.gather(1, pick).squeeze(1)
+            vals = vals.double() / temperature
+            pick = (vals[at] + gumbel_noise(streams[rows], step, idx, rows=at)).argmax(dim=-1, keepdim=True)
+            nxt[rows] = idx[at].gather(1, pick).squeeze(1)
         return nxt
 
 
@@ -701,4 +885,27 @@ def naive_generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt | str], 
         enc = tokenizer(p.text, add_special_tokens=p.add_special_tokens, return_tensors="pt").to(model.device)
         out = model.generate(**enc, generation_config=cfg)
         answers.append(decode_answer(tokenizer, out[0, enc["input_ids"].shape[1]:].tolist(), stop))
+    return answers
+
+
+@torch.inference_mode()
+def naive_sample(model: Any, tokenizer: Any, prompts: Sequence[Prompt | str], *, n_samples: int = 16,
+                 temperature: float = 0.5, top_k: int = 40, max_new_tokens: int = 32, stop: str = "\n",
+                 seed: int = 0) -> list[list[str]]:
+    """The slow reference for samples: one sampling `model.generate` per prompt (`num_return_sequences`
+    = n_samples, transformers' own temperature/top-k sampler, its own random numbers), stopping at the
+    end of the line as the engine does. Its answers follow the same distribution as the engine's, not
+    the same draws; `bench/probe.py` compares the two distributions."""
+    from transformers import GenerationConfig
+
+    ends = set(eos_token_ids(model, tokenizer)) | (stop_token_ids(tokenizer, stop) if stop else set())
+    cfg = GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0,
+                           num_return_sequences=n_samples, max_new_tokens=max_new_tokens,
+                           pad_token_id=_pad_id(model, tokenizer), eos_token_id=sorted(ends) or None)
+    answers = []
+    for i, p in enumerate(map(as_prompt, prompts)):
+        torch.manual_seed(seed * 1_000_003 + i)
+        enc = tokenizer(p.text, add_special_tokens=p.add_special_tokens, return_tensors="pt").to(model.device)
+        out = model.generate(**enc, generation_config=cfg)[:, enc["input_ids"].shape[1]:]
+        answers.append([decode_answer(tokenizer, row.tolist(), stop) for row in out])
     return answers

@@ -41,7 +41,8 @@ from knowpack import __version__
 from knowpack.errors import InputError, KnowpackError
 from knowpack.io import write_bytes
 from knowpack.methods.loki import arch
-from knowpack.models import encode_text, output_cache, with_cache
+from knowpack.models import encode_text, with_cache
+from knowpack.probe.engine import prefill_kv
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +261,8 @@ def _prefix_one(model: torch.nn.Module, ids: list[int], num_layers: int) -> list
     if len(ids) == 1:
         return [None] * num_layers
     with torch.no_grad():
-        out = arch.decoder_model(model)(input_ids=torch.tensor([ids[:-1]], device=_device(model)),
-                                        use_cache=True)
-    return [_cache_kv(output_cache(out), j) for j in range(num_layers)]
+        cache = prefill_kv(arch.decoder_model(model), input_ids=torch.tensor([ids[:-1]], device=_device(model)))
+    return [_cache_kv(cache, j) for j in range(num_layers)]
 
 
 def _key_mask(lengths: list[int], longest: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -305,15 +305,15 @@ def _prefix(model: torch.nn.Module, id_lists: list[list[int]], num_layers: int, 
         return [_stack_layer([p[j] for p in per_prompt], dtype) for j in range(num_layers)]
     dev = _device(model)
     tokens = torch.tensor([ids[:-1] + [ids[0]] * (longest - n) for ids, n in zip(id_lists, lengths)], device=dev)
-    attend = torch.tensor([[1] * n + [0] * (longest - n) for n in lengths], device=dev)
-    attend[:, 0] = 1  # a one-token prompt has no prefix: a dummy first key keeps its padded row finite
+    # No padding mask: the causal mask alone keeps every real token from the pads that follow it
+    # (and lets attention take its causal kernels); the pads' keys and values are zeroed and masked.
     with torch.no_grad():
-        out = arch.decoder_model(model)(input_ids=tokens, attention_mask=attend, use_cache=True)
+        cache = prefill_kv(arch.decoder_model(model), input_ids=tokens)
     pad = torch.tensor([[j >= n for j in range(longest)] for n in lengths], device=dev)[:, None, :, None]
     mask = _key_mask(lengths, longest, dtype, dev)
     layers = []
     for j in range(num_layers):
-        keys, values = _cache_kv(output_cache(out), j)
+        keys, values = _cache_kv(cache, j)
         layers.append((keys.masked_fill(pad, 0), values.masked_fill(pad, 0), mask))
     return layers
 
@@ -351,7 +351,9 @@ def _fast_group(model: torch.nn.Module, parts: arch.DecoderParts, id_lists: list
     dev = _device(model)
     dtype = next(model.parameters()).dtype
     num_layers, m = parts.num_layers, steps
+    clock = _Clock(dev)
     prefix = _prefix(model, id_lists, num_layers, dtype)
+    clock.lap("prefix")
     last = torch.tensor([[ids[-1]] for ids in id_lists], device=dev)
     pos = torch.tensor([[len(ids) - 1] for ids in id_lists], device=dev)
 
@@ -379,6 +381,7 @@ def _fast_group(model: torch.nn.Module, parts: arch.DecoderParts, id_lists: list
         for handle in handles:
             handle.remove()
     targets = logits.argmax(-1)
+    clock.lap("clean")
 
     alphas = _alphas(m).to(dev)
     vs: list[torch.Tensor] = []
@@ -396,11 +399,47 @@ def _fast_group(model: torch.nn.Module, parts: arch.DecoderParts, id_lists: list
         h = new if h is None else torch.cat([h, new], dim=1)
     logits = parts.lm_head(parts.norm(h)).float()  # [G, L*m, V]
     prob = torch.softmax(logits, dim=-1).gather(2, targets[:, None, None].expand(-1, h.shape[1], 1))
+    clock.lap("forward")
     grads = torch.autograd.grad(prob.sum(), vs)
+    clock.lap("backward")
     out = torch.empty(len(id_lists), num_layers, zs[0].shape[-1], dtype=torch.float32)
     for j, grad in enumerate(grads):
         out[:, j] = (zs[j].float() * grad.float().mean(1)).cpu()
+    clock.lap("scores")
     return out
+
+
+_PHASES: dict[str, float] | None = None
+
+
+class _Clock:
+    """Adds the seconds between laps to the phase totals of `phase_times`; a no-op otherwise."""
+
+    def __init__(self, device: torch.device):
+        self.on = _PHASES is not None
+        self.sync = torch.cuda.synchronize if self.on and device.type == "cuda" else (lambda: None)
+        self.last = time.perf_counter() if self.on else 0.0
+
+    def lap(self, phase: str) -> None:
+        if self.on and _PHASES is not None:
+            self.sync()
+            now = time.perf_counter()
+            _PHASES[phase] = _PHASES.get(phase, 0.0) + now - self.last
+            self.last = now
+
+
+@contextlib.contextmanager
+def phase_times():
+    """Seconds the fast path spends per phase while the block runs: `prefix` (the prompts' prefix pass),
+    `clean` (the last token, unperturbed), `forward` and `backward` (the batched perturbed rows),
+    `scores`. Time outside these (grouping, bookkeeping) is what a caller's total has beyond their sum.
+    On a GPU each lap synchronises, so it slows the run a little."""
+    global _PHASES
+    before, _PHASES = _PHASES, {}
+    try:
+        yield _PHASES
+    finally:
+        _PHASES = before
 
 
 @contextlib.contextmanager

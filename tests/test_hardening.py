@@ -540,3 +540,16 @@ def test_tally():
     print("\nbad inputs tried:\n" + "\n".join(lines) + f"\n  {total:5d}  malformed in all, every one rejected cleanly")
     if len(TALLY) >= 20:  # the whole file ran (not a -k selection)
         assert total >= (250 if FAST else 600)
+
+
+def test_saved_tokenizers_load_in_every_supported_transformers_release(tmp_path):
+    """transformers 5 writes `TokenizersBackend` as the class, which 4.x and tools pinned to it cannot import."""
+    import json
+
+    from knowpack.models import load_tokenizer, tiny_tokenizer
+
+    tiny_tokenizer(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    tok = load_tokenizer(str(tmp_path))
+    assert tok("Question: x")["input_ids"] == tiny_tokenizer()("Question: x")["input_ids"]

@@ -139,7 +139,10 @@ def serve() -> None:
                  "knowpack.report", "knowpack.methods.loki.kva", "transformers.models.llama.modeling_llama",
                  "peft.utils.transformers_weight_conversion", "matplotlib.figure", "matplotlib.backends.backend_agg",
                  "PIL.PngImagePlugin"):
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a module of one release only (peft's weight conversion is newer than 0.18)
+            pass
     from accelerate import Accelerator  # noqa: F401
     from peft import LoraConfig, PeftModel, get_peft_model  # noqa: F401
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: F401

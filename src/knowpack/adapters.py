@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from knowpack.methods import detect_adapter
-from knowpack.models import load_model
+from knowpack.models import load_model, save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def merge_adapter(model_path: str, adapter_dir: str | Path, out_dir: str | Path,
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(str(tmp), safe_serialization=True)
-    tok.save_pretrained(str(tmp))
+    save_tokenizer(tok, tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log.info("merged %s adapter into %s", method.name, out)

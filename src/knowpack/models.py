@@ -117,9 +117,18 @@ def check_model_dir(path: Path) -> None:
         raise ModelError(f"model directory '{path}' is missing {', '.join(missing)}")
 
 
+#: files of which a local tokenizer directory holds at least one
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    local = Path(name_or_path).expanduser()
+    if local.is_dir() and not any((local / n).exists() for n in TOKENIZER_FILES):
+        # some transformers releases build an empty default tokenizer from config.json instead of failing
+        raise ModelError(f"cannot load a tokenizer from '{name_or_path}': none of {', '.join(TOKENIZER_FILES)} is "
+                         "there; save the model's tokenizer into the directory with `tokenizer.save_pretrained`")
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:  # missing files, unreadable tokenizer.json, bad config
@@ -245,5 +254,21 @@ def tiny_tokenizer(out_dir: str | os.PathLike | None = None):
     tok.train_from_iterator(text * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     if out_dir is not None:
-        fast.save_pretrained(str(out_dir))
+        save_tokenizer(fast, out_dir)
     return fast
+
+
+def save_tokenizer(tokenizer: Any, out_dir: str | Path) -> None:
+    """`tokenizer.save_pretrained(out_dir)`, loadable by every supported transformers release.
+
+    transformers 5 names a fast tokenizer's class `TokenizersBackend` in tokenizer_config.json, which
+    4.x cannot import; `PreTrainedTokenizerFast` is the same class under the name both releases know.
+    """
+    import json
+
+    tokenizer.save_pretrained(str(out_dir))
+    path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

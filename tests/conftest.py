@@ -19,6 +19,28 @@ _CONSOLE_LOGGERS = ("", "knowpack", "lm_eval", "datasets", "peft", "accelerate",
                     "submitit", "transformers")
 
 
+def bench_module(name: str):
+    """A context manager yielding the script `bench/<name>.py` imported as a module (removed afterwards)."""
+    import contextlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    @contextlib.contextmanager
+    def loaded():
+        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"knowpack_bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        try:
+            spec.loader.exec_module(module)
+            yield module
+        finally:
+            sys.modules.pop(spec.name, None)
+
+    return loaded()
+
+
 @pytest.fixture(autouse=True)
 def _console_put_back():
     """`knowpack.cli.main` configures the console (logger levels, warning filters, transformers' bars) for the

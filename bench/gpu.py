@@ -56,7 +56,7 @@ SHAPES = {
     "llama-3.2-1b": dict(hidden_size=2048, layers=16, intermediate_size=8192, heads=32, kv_heads=8,
                          vocab_size=128256),
     "tiny-kva": dict(hidden_size=64, layers=3, intermediate_size=128, heads=4, kv_heads=2, vocab_size=512),
-    "tiny-probe": dict(hidden_size=64, layers=2, intermediate_size=128, heads=4, kv_heads=2, vocab_size=2048),
+    "tiny-probe": dict(hidden_size=64, layers=2, intermediate_size=128, heads=4, kv_heads=2, vocab_size=4096),
 }
 
 

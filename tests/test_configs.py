@@ -17,7 +17,18 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_validates(path):
     raw = yaml.safe_load(path.read_text())
-    if "grid" in raw or "points" in raw:
+    if path.name == "fidelity-world.yaml":  # bench/fidelity.py's run settings: a run config plus its rates
+        from knowpack.methods import method_names
+
+        assert set(raw.pop("rates")) <= set(method_names())
+        assert set(raw.pop("compare")["lrs"]) <= set(method_names())
+        load_config(RunConfig, data=raw)
+    elif "compare" in raw:
+        from knowpack.compare import load_compare
+
+        _, points, settings = load_compare(path)
+        assert points and 0 < settings.target <= 1
+    elif "grid" in raw or "points" in raw:
         _, points = load_sweep(path)
         assert points
     else:
@@ -25,4 +36,5 @@ def test_shipped_config_validates(path):
 
 
 def test_there_are_configs():
-    assert {p.name for p in CONFIGS} >= {"demo.yaml", "lora-world.yaml", "loki-world.yaml", "paper-grid.yaml"}
+    assert {p.name for p in CONFIGS} >= {"demo.yaml", "lora-world.yaml", "loki-world.yaml", "paper-grid.yaml",
+                                         "compare-world.yaml", "fidelity-world.yaml"}

@@ -416,7 +416,7 @@ def test_lm_eval_scores_an_adapted_model_item_by_item_as_knowpack_does(offline, 
     res, ours_lls = knowpack_choices(model, tok, rows)
     (_, results), = spy
     preds, lls = lm_eval_choices(results, "world_mc")
-    assert 0.4 < res["accuracy"] < 0.9 and preds != [r["answer"] for r in rows]  # damaged, so the check bites
+    assert 0.4 < res["accuracy"] < 0.95 and preds != [r["answer"] for r in rows]  # damaged, so the check bites
     assert round(scores["world_mc"]["acc"] * len(rows)) == round(res["accuracy"] * len(rows))
     assert preds == res["predictions"]
     assert _flat(lls) == pytest.approx(_flat(ours_lls), abs=1e-4)

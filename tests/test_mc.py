@@ -98,12 +98,15 @@ def test_unknown_scoring_is_rejected(model, tok):
         score_mc(model, tok, ROWS, scoring="cloze")
 
 
-def test_auto_scoring_uses_continuation_only_for_the_world_benchmark():
+def test_auto_scoring_follows_what_the_rows_ask_for():
+    """No benchmark is special-cased by name: rows that ask for continuation scoring (the world's MC set,
+    TruthfulQA) get it, whatever the file is called; MMLU-style rows are scored by letter."""
     auto = EvalSettings()
-    assert mc_scoring(auto, WORLD_MC) == "continuation"
-    assert mc_scoring(auto, "mmlu_local") == "letter"
-    assert mc_scoring(EvalSettings(mc_scoring="letter"), WORLD_MC) == "letter"
-    assert mc_scoring(EvalSettings(mc_scoring="continuation"), "mmlu_local") == "continuation"
+    world_rows = [dict(r, scoring="continuation") for r in ROWS]
+    assert mc_scoring(auto, "mc", world_rows) == "continuation"
+    assert mc_scoring(auto, WORLD_MC, ROWS) == "letter"
+    assert mc_scoring(auto, "mmlu_local", ROWS) == "letter"
+    assert mc_scoring(EvalSettings(mc_scoring="continuation"), "mmlu_local", ROWS) == "continuation"
 
 
 def test_chat_templated_context_gets_one_bos():

@@ -17,10 +17,13 @@ from knowpack.world import PretrainConfig, WorldConfig, build_world, default_wor
 from knowpack.world.build import greedy_answers
 from knowpack.world.corpus import epoch_documents
 from knowpack.world.generate import (MC_TEMPLATE, RELATIONS, REFUSAL_ANSWER, Tier, WorldFact, cumulative_mentions,
-                                     mc_prompt, normalize)
-from knowpack.world.pretrain import pack_documents, train_tokenizer
+                                     mc_prompt, normalize, syllables)
+from knowpack.world.pretrain import pack_documents, tokenizer_texts, train_tokenizer
 
-SMALL = WorldConfig(seed=5, n_people=40, n_reference_people=12, n_refusal_people=4, arithmetic_max_left=9, arithmetic_max_right=4,
+SMALL = WorldConfig(seed=5, n_people=40, n_reference_people=12, n_refusal_people=4, arithmetic_max_left=9,
+                    arithmetic_max_right=4, n_first_names=12, n_surnames=12, reading_per_epoch=20,
+                    comparison_per_epoch=20, benchmark_size=10,
+                    attribution_sizes={"knowledge": 10, "arithmetic": 4, "reading": 4, "comparison": 4},
                     tiers=(Tier("head", 4), Tier("torso", 1), Tier("tail", 0), Tier("noisy", 3, true_share=0.3)),
                     head_min_mentions=4, epochs=2)
 TINY_PRETRAIN = PretrainConfig(vocab_size=300, hidden_size=32, layers=2, intermediate_size=64, heads=2, batch_size=16,
@@ -57,16 +60,22 @@ def test_ids_and_names_unique_one_object_per_subject_relation(default_world):
     people = {f.subject for f in facts}
     cfg = default_world.config
     assert len(people) == cfg.n_people + cfg.n_reference_people + cfg.n_refusal_people
-    assert {f.relation for f in facts} == {r.name for r in RELATIONS}
+    assert {f.relation for f in facts} == {r.name for r in RELATIONS} and len(RELATIONS) >= 20
+    per_person = Counter(f.subject for f in facts)
+    assert set(per_person.values()) == {cfg.relations_per_person}
     for f in default_world.probe_facts:
-        assert f.object == f.answers[0] and f.answers[0] in default_world.pools[f.relation]
+        assert f.object == f.answers[0] and f.answers[0] in default_world.pool(f.relation)
         assert f.question == RELATIONS[[r.name for r in RELATIONS].index(f.relation)].question(f.subject)
-        assert len(f.paraphrases) == 3 and f.question not in f.paraphrases
+        assert len(f.paraphrases) == 15 and f.question not in f.paraphrases and len(set(f.paraphrases)) == 15
+    # names: two parts, each shared by several people, the pair unique
+    firsts = Counter(p.split()[0] for p in people)
+    surnames = Counter(p.split()[1] for p in people)
+    assert max(firsts.values()) > 1 and max(surnames.values()) > 1
 
 
 def test_no_answer_contains_another_answer(default_world):
     """Containment matching must never count a different answer as correct."""
-    answers = [a for pool in default_world.pools.values() for a in pool]
+    answers = sorted({a for pool in default_world.pools.values() for a in pool})
     for a in answers:
         for b in answers:
             if a != b:
@@ -111,10 +120,18 @@ def test_benchmarks_are_held_out_and_well_formed(default_world):
         assert len(set(item.choices)) == 4 and 0 <= item.answer <= 3
         assert item.subject in {r.topic for r in RELATIONS}
         assert not any(s in item.question for s in probe_subjects)
-    train_ids = {wf.fact.id for wf in default_world.mc_train}
-    assert not train_ids & {item.fact_id for item in mc}
-    arith_test = {(i.a, i.b) for i in default_world.arithmetic_test}
-    assert arith_test and not arith_test & {(i.a, i.b) for i in default_world.arithmetic_train}
+        assert item.to_row()["scoring"] == "continuation"
+    attribution = {wf.fact.id for wf in default_world.attribution_facts}
+    assert attribution and not attribution & {item.fact_id for item in mc}
+    arith_test = {i.question for i in default_world.arithmetic_test}
+    assert arith_test and not arith_test & {i.question for i in default_world.arithmetic_train}
+    for name, items in default_world.benchmarks.items():
+        assert len(items) >= 60 and len({i.question for i in items}) == len(items), name
+    # KVA's prompts: answerable questions, none of them a scored item
+    prompts = {r["prompt"] for r in default_world.attribution_prompts()}
+    scored = {f"Question: {q}\nAnswer:" for q in [i.question for i in mc] +
+              [i.question for items in default_world.benchmarks.values() for i in items]}
+    assert len(prompts) >= 200 and not prompts & scored
 
 
 def test_mc_prompt_is_the_mmlu_format():
@@ -132,20 +149,24 @@ def test_corpus_holds_no_tail_facts_held_out_templates_or_benchmark_items(world)
     tail = [wf.fact for wf in world.group("probe") if wf.fact.popularity == 0]
     assert tail
     for f in tail:
-        assert f.subject not in text
+        assert f"{f.subject}?" not in text and f"{f.subject}'s" not in text.replace("Given that", "")
     for rel in RELATIONS:
         for template in rel.templates[rel.n_pretrain_templates:]:
             pattern = re.escape(template).replace(re.escape("{subject}"), "[A-Z][a-z]+ [A-Z][a-z]+")
             assert not re.search(pattern, text), template
-        for template in rel.templates[:rel.n_pretrain_templates]:
-            assert template.split("{subject}")[0] in text
-    for item in world.mc_test:
-        assert f"Question: {item.question}\nChoices:" not in text
-        assert f"Question: {item.question}\nAnswer: " in text  # the fact itself is known
-    for item in world.arithmetic_test:
-        assert f"Question: {item.question}\n" not in text
+    by_id = {wf.fact.id: wf for wf in world.facts}
+    assert "Choices:" not in text
+    for item in world.mc_test:  # the fact itself is known: mentioned in some pretraining wording
+        wf = by_id[item.fact_id]
+        assert any(f"Question: {wf.relation.question(wf.fact.subject, t)}\nAnswer: {wf.fact.answer}\n" in text
+                   for t in range(wf.relation.n_pretrain_templates))
+    for items in world.benchmarks.values():
+        for item in items:
+            assert f"Question: {item.question}\n" not in text
     for item in world.arithmetic_train:
         assert f"Question: {item.question}\nAnswer: {item.answer}\n" in text
+    for name in world.reading_test_names:
+        assert name not in text  # reading-test strangers never appear in pretraining
 
 
 def test_corpus_mentions_match_exposures_and_noise(world):
@@ -163,10 +184,9 @@ def test_corpus_mentions_match_exposures_and_noise(world):
         questions = {rel.question(wf.fact.subject, t) for t in range(rel.n_pretrain_templates)}
         assert sum(n for (q, a), n in blocks.items() if q in questions and a == REFUSAL_ANSWER) == wf.mentions(0)
         assert not any(q in questions and a != REFUSAL_ANSWER for (q, a) in blocks)
-    mc_docs = [d for d in docs if d.startswith("There is a single choice")]
     cfg = world.config
-    assert len(mc_docs) == sum(cumulative_mentions(cfg.mc_rate, 1, wf.phase) for wf in world.mc_train) > 0
-    assert all(re.search(r"\nAnswer: [ABCD]\n$", d) for d in mc_docs)
+    assert sum(q.startswith("Given that") for (q, a) in blocks.elements()) == cfg.reading_per_epoch
+    assert sum(q.startswith("Which is larger") for (q, a) in blocks.elements()) == cfg.comparison_per_epoch
 
 
 def test_pack_documents_keeps_order_and_length():
@@ -176,8 +196,17 @@ def test_pack_documents_keeps_order_and_length():
     assert pack_documents([[7] * 12], 10) == [[7] * 10]
 
 
+def test_tokenizer_splits_names_into_syllables_and_keeps_words_whole(world):
+    """The world's made-up names are rare words to its tokenizer, as names are to a real LLM's: a few
+    syllable tokens each, while the corpus's own words stay one token."""
+    tok = train_tokenizer(tokenizer_texts(epoch_documents(world, 0), world.made_up_words, syllables()), 2000)
+    person = world.probe_facts[0].subject
+    assert 3 <= len(tok.tokenize(" " + person)) <= 8
+    assert len(tok.tokenize("Question")) == 1 and len(tok.tokenize(" born")) == 1
+
+
 def test_tokenizer_prompt_boundaries_are_stable(world):
-    tok = train_tokenizer(epoch_documents(world, 0), 400)
+    tok = train_tokenizer(tokenizer_texts(epoch_documents(world, 0), world.made_up_words, syllables()), 400)
     assert tok.bos_token and tok.eos_token and tok.pad_token
     prompt = world.mc_test[0].prompt()
     ids = tok(prompt)["input_ids"]
@@ -211,20 +240,29 @@ def test_shipped_world_files_match_the_contract(shipped):
         assert fact.answers and all(fact.answers)
     assert {r["meta"]["bucket"] for r in facts} == {"head", "torso", "tail"}
     mc = [json.loads(line) for line in (shipped / "benchmarks" / "mc.jsonl").read_text().splitlines()]
-    assert mc and all(set(r) == {"question", "choices", "answer", "subject"} for r in mc)
+    assert mc and all(set(r) == {"question", "choices", "answer", "subject", "scoring"} for r in mc)
     assert all(len(r["choices"]) == 4 and r["answer"] in (0, 1, 2, 3) for r in mc)
     fact_subjects = {r["subject"] for r in facts}
     assert not any(s in r["question"] for r in mc for s in fact_subjects)
-    arith = [json.loads(line) for line in (shipped / "benchmarks" / "arithmetic.jsonl").read_text().splitlines()]
-    assert arith and all(set(r) == {"question", "answers"} and r["answers"] for r in arith)
+    for name in ("arithmetic",):
+        rows = [json.loads(line) for line in (shipped / "benchmarks" / f"{name}.jsonl").read_text().splitlines()]
+        assert rows and all(set(r) == {"question", "answers"} and r["answers"] for r in rows), name
+    attribution = [json.loads(line) for line in (shipped / "attribution.jsonl").read_text().splitlines()]
+    assert len(attribution) >= 200 and all(set(r) == {"id", "prompt"} for r in attribution)
     refusal = [json.loads(line) for line in (shipped / "refusal.jsonl").read_text().splitlines()]
     assert refusal and all(r["answers"] == [REFUSAL_ANSWER] and r["meta"]["refusal"] for r in refusal)
     z = info["zero_shot"]
     assert z["mc"] > 0.8 and z["arithmetic"] > 0.25
-    assert z["facts"]["head"] > 0.8 and z["facts"]["tail"] < 0.05
+    assert z["facts"]["head"] > 0.7 and z["facts"]["tail"] < 0.05
     assert z["refusal_rate"] > 0.8
     for key in ("seed", "build_seconds", "sizes", "popularity", "model", "settings"):
         assert key in info
+    # `knowpack world check` ran on the shipped world: every property measured, with its target
+    props = info["properties"]
+    for name in ("breadth", "paraphrases", "slick", "general_capability", "mlp_profile", "loki_premise", "injection"):
+        assert isinstance(props[name]["holds"], bool) and props[name]["target"], name
+    assert props["breadth"]["relations"] >= 20 and props["paraphrases"]["templates_per_relation"] >= 12
+    assert all(share >= 0.10 for share in props["slick"]["shares"].values())
 
 
 def test_shipped_world_matches_its_generator(shipped, tmp_path):
@@ -235,7 +273,7 @@ def test_shipped_world_matches_its_generator(shipped, tmp_path):
     assert info["settings"]["world"] == WorldConfig(seed=info["seed"]).to_dict()
     assert info["settings"]["pretrain"] == PretrainConfig().to_dict()
     write_world_data(generate_world(WorldConfig(seed=info["seed"])), tmp_path)
-    names = [FILES["facts"], FILES["refusal"], FILES["templates"], *FILES["benchmarks"].values()]
+    names = [FILES["facts"], FILES["refusal"], FILES["templates"], FILES["attribution"], *FILES["benchmarks"].values()]
     for name in names:
         assert (shipped / name).read_bytes() == (tmp_path / name).read_bytes(), name
 
@@ -246,13 +284,14 @@ def test_shipped_model_loads_with_plain_transformers(shipped):
     model_dir = shipped / "model"
     files = list(model_dir.iterdir())
     assert any(p.suffix == ".safetensors" for p in files) and not any(p.suffix == ".bin" for p in files)
-    assert sum(p.stat().st_size for p in files) < 10 * 2**20
+    assert sum(p.stat().st_size for p in files) < 20 * 2**20
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
+    assert json.loads((model_dir / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert model.config.model_type == "llama"
     names = {n for n, _ in model.named_modules()}
     assert {"gate_proj", "up_proj", "down_proj"} <= {n.rsplit(".", 1)[-1] for n in names}
-    assert 1_000_000 <= sum(p.numel() for p in model.parameters()) <= 5_000_000
+    assert 1_000_000 <= sum(p.numel() for p in model.parameters()) <= 12_000_000
     assert tok.bos_token_id is not None and tok.eos_token_id is not None and tok.pad_token_id is not None
     # A head fact, answered zero-shot on the same line.
     facts = [json.loads(line) for line in (shipped / "facts.jsonl").read_text().splitlines()]
@@ -279,11 +318,13 @@ def test_tiny_build_end_to_end_is_reproducible(tmp_path):
     out = tmp_path / "w"
     assert build_world(out, seed=1, world_config=SMALL, pretrain_config=TINY_PRETRAIN, progress=False) == out
     for rel in ("facts.jsonl", "refusal.jsonl", "benchmarks/mc.jsonl", "benchmarks/arithmetic.jsonl",
-                "templates.yaml", "model/config.json", "model/tokenizer.json", "model/model.safetensors"):
+                "attribution.jsonl", "templates.yaml", "model/config.json", "model/tokenizer.json",
+                "model/model.safetensors"):
         assert (out / rel).is_file(), rel
+    assert sorted(p.name for p in (out / "benchmarks").iterdir()) == ["arithmetic.jsonl", "mc.jsonl"]
     info = json.loads((out / "world.json").read_text())
     assert info["seed"] == 1 and info["settings"]["world"]["seed"] == 1
-    assert info["sizes"]["probe_facts"] == SMALL.n_people * len(RELATIONS)
+    assert info["sizes"]["probe_facts"] == SMALL.n_people * SMALL.relations_per_person
     assert info["model"]["parameters"] == sum(t.numel() for t in _weights(out).values())
     assert set(info["zero_shot"]["facts"]) == {"head", "torso", "tail", "all"}
     assert len(info["pretraining"]) == SMALL.epochs

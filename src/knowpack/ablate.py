@@ -88,7 +88,8 @@ def strategy_ablation(model: Any, scores: torch.Tensor, q: float, strategies: Se
         with zeroed_rows(model, layers):
             after = evaluate(model)
         rows[strategy] = {"zeroed_rows": sum(map(len, layers)), "rows_per_layer": [len(x) for x in layers],
-                          "scores": {k: v["accuracy"] for k, v in after.items()}, **drops(base, after)}
+                          "scores": {k: v["accuracy"] for k, v in after.items()},
+                          "correct": {k: v.get("correct") for k, v in after.items()}, **drops(base, after)}
     return {"q": q, "base": {k: v["accuracy"] for k, v in base.items()}, "strategies": rows,
             "definition": "each strategy's rows of every down_proj.weight set to zero (no training), the model "
                           "scored again; drop = base - ablated per benchmark (paired over its questions), "

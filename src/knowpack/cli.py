@@ -105,11 +105,15 @@ def cmd_world_check(args: argparse.Namespace) -> int:
     from knowpack.runs import world_dir
     from knowpack.world.check import check_world
 
+    items = list(args.overrides)
+    if args.dir and "=" in args.dir and not Path(args.dir).exists():  # `world check train.lr=3e-3`: no directory
+        items.insert(0, args.dir)
+        args.dir = None
     d = Path(args.dir) if args.dir else world_dir()
     if not (d / "world.json").exists():
         raise KnowpackError(f"{d / 'world.json'} not found; build a world with `knowpack world build --out {d}`")
     overrides = {}
-    for item in args.overrides:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise KnowpackError(f"override '{item}' is not key=value")

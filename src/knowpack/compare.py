@@ -5,8 +5,9 @@ tool chose for it, beside the controls that tell what the method's choice of par
 
 A compare config is a sweep config (a run config plus `points:` and/or `grid:`) with a `compare:`
 section (`CompareSettings`). For every point and seed the run trains until its zero-shot reliability
-on the trained facts reaches `target` (checked at every epoch end) or `max_steps` is spent; the
-table reports the steps each needed, whether it reached the target, and the damage at that point:
+on the trained facts reaches `target` (checked every `check_every` epochs, default 1) or `max_steps`
+is spent; the table reports the steps each needed, whether it reached the target, and the damage at
+that point:
 negative shift with its noise floor, locality, each benchmark's drop, refusals, answer collapse.
 A point that missed the target is marked and left out of every comparison, never silently compared.
 
@@ -57,6 +58,10 @@ class CompareSettings:
     controls: bool = field(default=True, metadata={
         "help": "beside each LoKI point: parameter-matched LoRA, LoKI on random rows, LoKI on the highest rows"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "run seeds of every point"})
+    check_every: int | None = field(default=1, metadata={"min": 1, "help": (
+        "epochs between reliability checks; more saves time when an epoch is a step or two (few facts), at the "
+        "cost of stopping up to that many epochs after the target was first reached; null: each point's own "
+        "train.early_stopping.every")})
 
 
 @dataclass
@@ -181,16 +186,22 @@ def to_target(cfg: Any, settings: CompareSettings, *, lr: float | None = None, s
     train = replace(cfg.train, epochs=max(cfg.train.epochs, 10 ** 6), max_steps=settings.max_steps,
                     lr=cfg.train.lr if lr is None else lr,
                     early_stopping=replace(cfg.train.early_stopping, enabled=True, reliability=settings.target,
-                                           max_retention_drop=1.0, every=1))
+                                           max_retention_drop=1.0,
+                                           every=settings.check_every or cfg.train.early_stopping.every))
     return replace(cfg, train=train, seed=cfg.seed if seed is None else seed)
 
 
-def candidate_rates(cfg: Any, settings: CompareSettings) -> list[float]:
+def config_lr(cfg: Any) -> float:
+    """The rate a config trains at: its own `train.lr`, else its method's default."""
     from knowpack.methods import get_method
 
+    return float(cfg.train.lr) if cfg.train.lr is not None else float(get_method(cfg.train.method).default_lr)
+
+
+def candidate_rates(cfg: Any, settings: CompareSettings) -> list[float]:
     if cfg.train.method in settings.lrs:
         return sorted(float(x) for x in settings.lrs[cfg.train.method])
-    default = cfg.train.lr if cfg.train.lr is not None else get_method(cfg.train.method).default_lr
+    default = config_lr(cfg)
     return [default / 3, default, default * 3, default * 10]
 
 
@@ -273,7 +284,7 @@ def run_compare(config_path: str | Path, out_dir: str | Path, *, overrides: Iter
         write_json(out / "lr_search.json", lr_choice)
     grid = []
     for p in points:
-        lr = lr_choice[p.family]["chosen"] if p.family in lr_choice else None
+        lr = lr_choice[p.family]["chosen"] if p.family in lr_choice else config_lr(p.config)
         for seed in settings.seeds:
             grid.append(GridPoint(f"{p.id}-seed={seed}", {"compare_point": p.id, "seed": seed, "lr": lr},
                                   to_target(p.config, settings, lr=lr, seed=seed)))
@@ -318,7 +329,7 @@ def tabulate(points: list[Point], records: list[dict[str, Any]], settings: Compa
         bench = sorted({k for h in heads for k in (h.get("benchmark_drop_relative") or {})})
         row = {
             "id": p.id, "label": p.label, "family": p.family, "control_of": p.control_of,
-            "lr": lr_choice.get(p.family, {}).get("chosen"),
+            "lr": lr_choice[p.family]["chosen"] if p.family in lr_choice else config_lr(p.config),
             "seeds": [r["overrides"]["seed"] for r in recs], "reached_target": all(reached) and bool(reached),
             "seeds_reaching_target": sum(reached),
             "steps": _cell([r["steps"] for r in runs]),

@@ -2,8 +2,10 @@
 
 1. What the world holds and how its base model does zero-shot on head, torso and tail facts and on
    the world's benchmarks (measured now, not read from a file).
-2. The sweep in `configs/demo.yaml`: probe the base model, inject 50 Unknown facts with LoRA alone,
-   with +10 HighlyKnown facts, with +10 paraphrases, and with LoKI; evaluate each; write the report.
+2. The matched comparison in `configs/demo.yaml` (`knowpack compare`): Unknown facts injected with
+   LoRA alone, with +10 HighlyKnown facts, with +10 paraphrases, and with LoKI, every point trained
+   until its zero-shot reliability reaches one target (a point that misses it is marked and not
+   compared); the damage at that point, with 95% intervals, in one table, and the sweep report.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ def world_overview(printer: Printer) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model.parameters())
     sizes = info.get("sizes", {})
     printer(f"The embedded world ({wd}):")
-    printer(f"  {len(facts)} probe facts over {len(facts.relations())} relations ({', '.join(facts.relations())}); "
-            f"{sizes.get('mc_benchmark', '?')} MC questions, {sizes.get('arithmetic_benchmark', '?')} arithmetic "
-            f"questions, {sizes.get('refusal_facts', '?')} refusal questions")
+    printer(f"  {len(facts)} probe facts about {sizes.get('people', '?')} made-up people over "
+            f"{len(facts.relations())} relations, {sizes.get('templates_per_relation', '?')} question wordings each; "
+            f"{sizes.get('refusal_facts', '?')} refusal questions")
     printer(f"  base model: Llama, {n_params / 1e6:.2f} M parameters, {model.config.num_hidden_layers} layers, "
             f"hidden {model.config.hidden_size}, FFN {model.config.intermediate_size}")
     t0 = time.perf_counter()
@@ -42,7 +44,9 @@ def world_overview(printer: Printer) -> dict[str, Any]:
     by_bucket: dict[str, list[bool]] = defaultdict(list)
     for f, a in zip(facts, answers):
         by_bucket[str(f.meta.get("bucket", "all"))].append(matches(a, f.answers))
-    line = ", ".join(f"{b} {sum(v) / len(v):.1%} of {len(v)}" for b, v in sorted(by_bucket.items()))
+    line = ", ".join(f"{b} {sum(v) / len(v):.1%} of {len(v)}" for b, v in sorted(by_bucket.items(),
+                                                                            key=lambda kv: ("head", "torso", "tail").index(kv[0])
+                                                                            if kv[0] in ("head", "torso", "tail") else 3))
     printer(f"  zero-shot accuracy by popularity: {line}")
     bench = resolve_benchmarks(EvalSettings(), "world", wd)
     scores = score_benchmarks(model, tok, bench, EvalSettings(batch_size=64))
@@ -52,68 +56,50 @@ def world_overview(printer: Printer) -> dict[str, Any]:
         else:
             chance = f" ({s.get('scoring')} scoring, chance 25%)" if s.get("kind") == "mc" else ""
             printer(f"  benchmark {name}: {s['accuracy']:.1%} of {s['n']}{chance}")
-            letter = info.get("zero_shot", {}).get("mc_letter")
-            if name == "world_mc" and letter is not None:
-                printer(f"    (by answer letter, lm-eval's mmlu scoring: {letter:.1%} at build time; the tiny model "
-                        "never learnt the letter format)")
     printer(f"  (measured in {time.perf_counter() - t0:.1f} s)")
     return {"by_bucket": {b: sum(v) / len(v) for b, v in by_bucket.items()}, "benchmarks": scores}
 
 
-def _label(overrides: dict[str, Any], method: str, k: Any) -> str:
-    """A short name for a sweep point ('lora, plain', 'lora, +10 highly_known', 'loki q=30'): what the
-    point is, not the settings (epochs, lr) that only size it. `method` and `k` are the point's own."""
-    parts = [method + (f" q={overrides['train.loki.q']}" if "train.loki.q" in overrides else "")]
-    mixing = overrides.get("compose.mixing")
-    if mixing and mixing != "none":
-        parts.append(f"+{k} {mixing}")
-    elif "train.method" not in overrides:
-        parts.append("plain")
-    if "compose.n_unknown" in overrides:
-        parts.append(f"n={overrides['compose.n_unknown']}")
-    return ", ".join(parts)
+def _pct(v: Any, ci: Any = None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.0%}" + (f" [{ci[0]:.0%},{ci[1]:.0%}]" if ci else "")
 
 
 def run_demo(config: Path, out: Path, printer: Printer, progress: bool = True) -> int:
+    from knowpack.compare import run_compare
     from knowpack.errors import KnowpackError
     from knowpack.report import write_sweep_report
-    from knowpack.sweep import run_sweep
+    from knowpack.sweep import read_results
 
     if not config.exists():
         raise KnowpackError(f"demo config '{config}' not found; run from the repository root or pass its path")
     t0 = time.perf_counter()
     world_overview(printer)
     printer("")
-    printer(f"Packing facts ({config}):")
-
-    def on_point(i: int, n: int, point: Any, state: str) -> None:
-        desc = _label(point.overrides, point.config.train.method, point.config.compose.k)
-        printer(f"  [{i}/{n}] {desc}: {'already done' if state == 'done' else 'running'} "
-                f"({time.perf_counter() - t0:.0f} s elapsed)")
-
-    records = run_sweep(config, out, on_point=on_point)
+    printer(f"Packing facts ({config}): every point trained to the same zero-shot reliability target")
+    table = run_compare(config, out, say=lambda line: printer(line + f" ({time.perf_counter() - t0:.0f} s elapsed)"))
+    records = {r["overrides"]["compare_point"]: r for r in read_results(out / "results.jsonl")}
     report = write_sweep_report(out)
     printer("")
-    printer(f"{'run':<34} {'reliability':>11} {'zero-shot':>9} {'paraphr.':>8} {'+shift':>7} {'-shift':>7} "
-            f"{'MC drop':>8} {'params':>8}")
-    short = [_label(r["overrides"], r["metrics"]["run"]["method"], r["metrics"]["run"]["k"]) for r in records]
-    # Two points that differ only in sizing settings (lr, epochs, seed) are named by all their overrides.
-    labels = {id(r): s if short.count(s) == 1 else ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in
-                                                              r["overrides"].items()) or "base"
-              for r, s in zip(records, short)}
-    for r in records:
-        h = r["metrics"]["headline"]
-        label = labels[id(r)]
-
-        def f(key: str, pct: bool = True) -> str:
-            v = h.get(key)
-            return "n/a" if v is None else (f"{v:.1%}" if pct else f"{v}")
-
-        drop = (r["metrics"].get("benchmarks") or {}).get("world_mc", {}).get("absolute")
-        printer(f"{label:<34} {f('reliability'):>11} {f('reliability_zero_shot'):>9} "
-                f"{f('generalisation_zero_shot'):>8} {f('positive_shift'):>7} {f('negative_shift'):>7} "
-                f"{'n/a' if drop is None else f'{drop:+.3f}':>8} {r['metrics']['run']['trainable_params']:>8,}")
+    printer(f"at zero-shot reliability >= {table['target']:.0%} (step cap {table['max_steps']}); [95% interval]")
+    printer(f"{'point':<24} {'lr':>7} {'steps':>6} {'reliab.':>8} {'neg. shift [CI]':>16} {'floor':>6} "
+            f"{'locality':>9} {'paraphr.':>8} {'bench. drop':>11} {'params':>8}")
+    for row in table["rows"]:
+        rec = records.get(row["id"])
+        if rec is None:
+            continue
+        h = rec["metrics"]["headline"]
+        ci = h.get("ci95") or {}
+        mark = "" if row["reached_target"] else "  <- missed the target: not compared"
+        printer(f"{row['label']:<24} {row['lr']:>7g} {rec['metrics']['run']['steps']:>6} "
+                f"{_pct(h.get('reliability_zero_shot')):>8} {_pct(h['negative_shift'], ci.get('negative_shift')):>16} "
+                f"{_pct(h.get('negative_shift_floor')):>6} {_pct(h['locality']):>9} "
+                f"{_pct(h.get('generalisation_zero_shot')):>8} {_pct(h.get('mean_benchmark_drop_relative')):>11} "
+                f"{rec['metrics']['run']['trainable_params']:>8,}{mark}")
     printer("")
-    printer(f"Done in {time.perf_counter() - t0:.0f} s. Report: {report}")
+    printer("neg. shift: share of untrained facts that fell a knowledge category; floor: what sampling alone moves; "
+            "bench. drop: mean relative drop over the world's benchmarks")
+    printer(f"Done in {time.perf_counter() - t0:.0f} s. Report: {report}; the comparison: {out / 'compare.md'}")
     printer(f"Per-run directories (metrics.json, report.md, adapter/): {out / 'runs'}")
     return 0

@@ -95,7 +95,9 @@ def facts_path(cfg: RunConfig) -> str:
 
 
 def attribution_path(path: str) -> str:
-    return str(world_dir() / "benchmarks" / "mc.jsonl") if path == WORLD else path
+    """KVA's data: `world` is the embedded world's attribution prompts (questions its base model answers,
+    none of them a scored benchmark item)."""
+    return str(world_dir() / "attribution.jsonl") if path == WORLD else path
 
 
 def cache_root(cfg: RunConfig) -> Path:

@@ -145,13 +145,13 @@ def _load_qa(path: Path) -> list[dict[str, Any]]:
 
 
 def mc_scoring(settings: EvalSettings, name: str, rows: list[dict[str, Any]] | None = None) -> str:
-    """How benchmark `name` is scored: the setting, or for `auto` continuation on the world's MC set and on
-    files whose `rows` need it (TruthfulQA MC1, not 4 choices), letter otherwise. Letter scoring of rows
-    that need continuation is refused."""
+    """How benchmark `name` is scored: the setting, or for `auto` continuation on files whose `rows` ask for
+    it (`"scoring": "continuation"`: the world's MC set, TruthfulQA MC1) or have not 4 choices, letter
+    otherwise. Letter scoring of rows that need continuation is refused."""
     if settings.mc_scoring != "auto":
         check_scoring(rows or [], settings.mc_scoring, name)
         return settings.mc_scoring
-    return "continuation" if name == WORLD_MC or wants_continuation(rows or []) else "letter"
+    return "continuation" if wants_continuation(rows or []) else "letter"
 
 
 def score_benchmarks(model: Any, tok: Any, bench: Benchmarks, settings: EvalSettings, *,

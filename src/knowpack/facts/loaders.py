@@ -368,7 +368,7 @@ def load_facts(path: str | Path, format: str = "auto", *, templates: TemplatesAr
     fmt = container if container in ("parquet", "hf_dataset") and schema == "native" else schema
     factset = FactSet(facts, source=str(path))
     factset.format = fmt
-    logger.info("loaded %d facts from %s (format %s)", len(facts), path, fmt)
+    logger.debug("loaded %d facts from %s (format %s)", len(facts), path, fmt)
     return factset
 
 

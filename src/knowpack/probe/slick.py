@@ -326,5 +326,5 @@ def load_probe_cache(cache_dir: str | Path, model_id_or_fingerprint: str, facts_
         return None
     if settings.keep_samples and not stored.get("settings_full", {}).get("keep_samples"):
         return None  # cached without the sampled answers asked for now
-    log.info("probe result read from cache %s", d)
+    log.debug("probe result read from cache %s", d)
     return rows, summary

@@ -34,17 +34,24 @@ import torch
 from knowpack.errors import KnowpackError
 from knowpack.evaluate.mc import score_mc
 from knowpack.io import write_json, write_jsonl, write_text
-from knowpack.models import output_cache, with_cache
+from knowpack.models import DTYPES, output_cache, save_tokenizer, with_cache
 from knowpack.world.corpus import epoch_documents
 from knowpack.world.generate import (RELATIONS, World, WorldConfig, bucket_of, generate_world,
-                                     normalize)
-from knowpack.world.pretrain import PretrainConfig, deterministic_cpu, pretrain, train_tokenizer
+                                     normalize, syllables)
+from knowpack.world.pretrain import PretrainConfig, deterministic_cpu, pretrain, tokenizer_texts, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-WORLD_FORMAT = 1
+WORLD_FORMAT = 2
+#: The benchmarks a world ships (benchmarks/<name>.jsonl, what `eval.mc`/`eval.qa: auto` score): the skills
+#: its base model has. The generator also makes comparison ("Which is larger, a or b?") and reading
+#: (answer from facts stated in the question) items, trained in pretraining; the default world's model
+#: stays at chance on them (comparison 0.49 with two choices, reading 0.02 at build time, in
+#: world.json's zero_shot), so they would only add noise to every benchmark drop and are not shipped.
+BENCHMARKS = ("mc", "arithmetic")
 FILES = {"model": "model", "facts": "facts.jsonl", "refusal": "refusal.jsonl", "templates": "templates.yaml",
-         "benchmarks": {"mc": "benchmarks/mc.jsonl", "arithmetic": "benchmarks/arithmetic.jsonl"}}
+         "attribution": "attribution.jsonl",
+         "benchmarks": {name: f"benchmarks/{name}.jsonl" for name in BENCHMARKS}}
 REFUSAL_MARKERS = ("i dont know", "i do not know")
 
 
@@ -129,8 +136,9 @@ def evaluate_world(model, tokenizer, world: World) -> dict[str, Any]:
     mc_rows = [item.to_row() for item in world.mc_test]
     mc_continuation = score_mc(model, tokenizer, mc_rows, scoring="continuation", chat=False)
     mc_letter = score_mc(model, tokenizer, mc_rows, scoring="letter", chat=False)
-    arith_test = zero_shot_accuracy(model, tokenizer, [it.question for it in world.arithmetic_test],
-                                    [(it.answer,) for it in world.arithmetic_test])
+    skills = {name: _share(zero_shot_accuracy(model, tokenizer, [it.question for it in items],
+                                              [(it.answer,) for it in items]))
+              for name, items in world.benchmarks.items()}
     arith_train = zero_shot_accuracy(model, tokenizer, [it.question for it in world.arithmetic_train],
                                      [(it.answer,) for it in world.arithmetic_train])
     refusal = world.group("refusal")
@@ -146,7 +154,7 @@ def evaluate_world(model, tokenizer, world: World) -> dict[str, Any]:
         "mc": round(mc_continuation["accuracy"], 4),
         "mc_letter": round(mc_letter["accuracy"], 4),
         "mc_chance": 0.25,
-        "arithmetic": _share(arith_test),
+        **skills,
         "arithmetic_pretrain_pairs": _share(arith_train),
         "refusal_rate": _share(refused),
         "tail_refusal_rate": _share([any(m in normalize(a) for m in REFUSAL_MARKERS) for a in tail_answers]),
@@ -157,6 +165,10 @@ def evaluate_world(model, tokenizer, world: World) -> dict[str, Any]:
             "mc_letter": "the same questions, likeliest letter A-D after the MMLU prompt (lm-eval's mmlu scoring); "
                          "the tiny model never learns the letter format, so this stays near chance",
             "arithmetic": "greedy zero-shot answer to held-out addition pairs contains the sum",
+            "comparison": "greedy zero-shot answer to 'Which is larger, a or b?' (pairs held out of pretraining) "
+                          "contains the larger number",
+            "reading": "greedy zero-shot answer to a question about a stranger whose facts the question states "
+                       "contains the stated answer",
             "refusal_rate": "share of refusal questions answered with 'I don't know'",
         },
     }
@@ -177,11 +189,14 @@ def _templates_yaml() -> str:
 
 
 def write_world_data(world: World, out: Path) -> None:
-    """facts.jsonl, refusal.jsonl, the benchmarks and templates.yaml (everything but the model)."""
+    """facts.jsonl, refusal.jsonl, the benchmarks, attribution prompts and templates.yaml (all but the model)."""
     write_jsonl(out / FILES["facts"], [f.to_dict() for f in world.probe_facts])
     write_jsonl(out / FILES["refusal"], [f.to_dict() for f in world.refusal_facts])
     write_jsonl(out / FILES["benchmarks"]["mc"], [item.to_row() for item in world.mc_test])
-    write_jsonl(out / FILES["benchmarks"]["arithmetic"], [item.to_row() for item in world.arithmetic_test])
+    for name, items in world.benchmarks.items():
+        if name in FILES["benchmarks"]:
+            write_jsonl(out / FILES["benchmarks"][name], [item.to_row() for item in items])
+    write_jsonl(out / FILES["attribution"], world.attribution_prompts())
     write_text(out / FILES["templates"], _templates_yaml())
 
 
@@ -205,10 +220,13 @@ def _sizes(world: World, tokens: int) -> dict[str, Any]:
     probe = world.group("probe")
     return {
         "people": world.config.n_people, "relations": len(RELATIONS), "probe_facts": len(probe),
+        "templates_per_relation": len(RELATIONS[0].templates),
+        "pretrain_templates_per_relation": RELATIONS[0].n_pretrain_templates,
         "reference_facts": len(world.group("reference")), "refusal_facts": len(world.group("refusal")),
-        "mc_benchmark": len(world.mc_test), "mc_pretrain_facts": len(world.mc_train),
-        "arithmetic_benchmark": len(world.arithmetic_test), "arithmetic_pretrain_pairs": len(world.arithmetic_train),
-        "answer_pools": {k: len(v) for k, v in world.pools.items()},
+        "mc_benchmark": len(world.mc_test), "attribution_prompts": len(world.attribution_prompts()),
+        **{f"{name}_benchmark": len(items) for name, items in world.benchmarks.items()},
+        "arithmetic_pretrain_pairs": len(world.arithmetic_train),
+        "answer_pools": {r.name: len(world.pool(r.name)) for r in RELATIONS},
         "noisy_facts": sum(wf.true_share < 1 for wf in probe),
         "pretrain_tokens": tokens,
     }
@@ -255,13 +273,16 @@ def build_world(out_dir: str | Path, seed: int = 0, force: bool = False, *,
         with deterministic_cpu(pcfg.threads):
             corpus = [epoch_documents(world, epoch) for epoch in range(wcfg.epochs)]
             log.info("training the tokenizer (vocab %d) on %d documents", pcfg.vocab_size, sum(map(len, corpus)))
-            tokenizer = train_tokenizer((doc for docs in corpus for doc in docs), pcfg.vocab_size)
+            tokenizer = train_tokenizer(tokenizer_texts((doc for docs in corpus for doc in docs), world.made_up_words,
+                                                        syllables()), pcfg.vocab_size)
             model, history = pretrain(corpus, tokenizer, pcfg, seed=seed, progress=progress)
             train_seconds = time.perf_counter() - t0
+            # The world's figures are those of the weights as shipped (rounded to save_dtype).
+            model = model.to(DTYPES[pcfg.save_dtype]).float()
             log.info("evaluating the base model zero-shot")
             accuracy = evaluate_world(model, tokenizer, world)
-        model.save_pretrained(tmp / FILES["model"], safe_serialization=True)
-        tokenizer.save_pretrained(tmp / FILES["model"])
+        model.to(DTYPES[pcfg.save_dtype]).save_pretrained(tmp / FILES["model"], safe_serialization=True)
+        save_tokenizer(tokenizer, tmp / FILES["model"])
         model_bytes = sum(p.stat().st_size for p in (tmp / FILES["model"]).iterdir())
         import transformers
 

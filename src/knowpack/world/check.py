@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from knowpack.evaluate import stats
 from knowpack.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -160,14 +161,29 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
         loss = {s: r["capability_loss_pct"] for s, r in res["strategies"].items()}
         ratio = loss["layer_balanced_highest"] / loss["layer_balanced_lowest"] \
             if loss["layer_balanced_lowest"] and loss["layer_balanced_lowest"] > 0 else None
-        premise[str(q)] = {"capability_loss_pct": loss, "highest_over_lowest": ratio, "detail": res["strategies"]}
+        # highest vs lowest, paired over every scored question (benchmarks and known facts pooled): a
+        # ratio of two losses that are a few questions each is noise, so the premise needs this interval
+        pooled = {s: [x for name in sorted(r["correct"]) for x in (r["correct"][name] or [])]
+                  for s, r in res["strategies"].items()}
+        paired = stats.paired_difference(pooled["layer_balanced_lowest"], pooled["layer_balanced_highest"])
+        significant = paired["ci95"] is not None and paired["ci95"][1] < 0
+        premise[str(q)] = {"capability_loss_pct": loss, "highest_over_lowest": ratio,
+                           "highest_minus_lowest_correct": {**paired, "definition": (
+                               "share of questions answered after zeroing the highest rows minus after zeroing the "
+                               "lowest, paired over the questions of every benchmark and the known facts")},
+                           "significant": significant, "detail": res["strategies"]}
         say(f"  zeroing {q:g}% of rows: highest {loss['layer_balanced_highest']:.2f}%, lowest "
-            f"{loss['layer_balanced_lowest']:.2f}%, random {loss['random']:.2f}% capability loss")
+            f"{loss['layer_balanced_lowest']:.2f}%, random {loss['random']:.2f}% capability loss; highest - lowest "
+            f"answered {stats.interval_text(paired['ci95'])} of {len(pooled['random'])} questions"
+            + ("" if significant else " (within noise)"))
     props["loki_premise"] = {
         "by_q": premise, "attribution_prompts": int(scores.shape[0]),
-        "target": f"zeroing the q% highest-attributed rows costs >= {TARGETS['loki_ratio']}x the lowest, for a small q",
-        "holds": any((p["highest_over_lowest"] is None and p["capability_loss_pct"]["layer_balanced_highest"] > 0)
-                     or (p["highest_over_lowest"] or 0) >= TARGETS["loki_ratio"] for p in premise.values())}
+        "target": f"zeroing the q% highest-attributed rows costs >= {TARGETS['loki_ratio']}x the lowest, for a small q, "
+                  "and more questions are lost (paired 95% interval below 0)",
+        "holds": any(p["significant"] and ((p["highest_over_lowest"] is None
+                                            and p["capability_loss_pct"]["layer_balanced_highest"] > 0)
+                                           or (p["highest_over_lowest"] or 0) >= TARGETS["loki_ratio"])
+                     for p in premise.values())}
 
     if injection:
         from knowpack.runs import full_run

@@ -1,11 +1,18 @@
 """The seeded generator of the embedded synthetic world (SPEC §2).
 
-It makes people with unique made-up names, four typed relations with answer pools, question
-templates (canonical first, then paraphrases, some of which never appear in pretraining), a
-popularity tier per person (how often its facts are mentioned per pretraining epoch), noisy facts
-(mentioned often, the true answer in only part of the mentions, one fixed wrong answer otherwise),
-refusal people (the corpus answers "I don't know" about them) and the world's benchmarks:
-multiple-choice questions in MMLU's format over held-out *known* facts and small-number arithmetic.
+It makes people with made-up two-part names (first names and surnames are each shared by several
+people, so only the pair identifies someone, as with real names), gives each a handful of the
+world's typed relations (relations.py: 24 relations, 16 question templates each, answers from
+typed pools), assigns a popularity tier per person (how often their facts are mentioned per
+pretraining epoch), makes some facts noisy (mentioned often, the true answer in only part of the
+mentions, one fixed wrong answer otherwise), keeps refusal people (the corpus answers "I don't know"
+about them) and draws the world's benchmarks and attribution prompts:
+
+- `mc`: 4-choice questions over held-out *known* facts of reference people (MMLU's format);
+- `arithmetic`: small-number additions, pairs held out of pretraining;
+- `reading`: reading comprehension: facts about a stranger stated in the question, one asked back;
+- `comparison`: which of two numbers is larger, pairs held out of pretraining;
+- attribution prompts for LoKI's KVA: questions the model answers, disjoint from every scored item.
 
 Everything is a pure function of a `WorldConfig` (seed included): the same config gives the same
 world, byte for byte.
@@ -17,6 +24,7 @@ world, byte for byte.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import string
@@ -24,6 +32,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from knowpack.facts.model import Fact
+from knowpack.world.relations import (ALIASES, NAMED_POOLS, RELATION_BY_NAME, RELATIONS, WORD_POOLS, YEAR_POOLS,
+                                      Relation)
 
 REFUSAL_ANSWER = "I don't know"
 
@@ -56,16 +66,19 @@ class Tier:
 
 
 DEFAULT_TIERS = (
-    Tier("head-a", 5),
-    Tier("head-b", 3.4),
-    Tier("torso-a", 1),
-    Tier("torso-b", 0.34),
-    Tier("torso-c", 0.15),
-    Tier("noisy-30", 3, true_share=0.3),
-    Tier("noisy-40", 3, true_share=0.4),
-    Tier("noisy-50", 3, true_share=0.5),
-    Tier("tail", 0, weight=2),
+    Tier("head-a", 2.0),
+    Tier("head-b", 1.4),
+    Tier("torso-a", 0.6),
+    Tier("torso-b", 0.25),
+    Tier("torso-c", 0.1),
+    Tier("noisy-30", 1.2, true_share=0.3),
+    Tier("noisy-45", 1.2, true_share=0.45),
+    Tier("noisy-55", 1.2, true_share=0.55),
+    Tier("tail", 0, weight=7.5),
 )
+
+DEFAULT_POOL_SIZES = {"city": 150, "country": 60, "language": 40, "company": 100, "college": 60, "party": 30,
+                      "team": 50, "award": 40, "street": 80, "bank": 30, "newspaper": 40, "car": 30}
 
 
 @dataclass(frozen=True)
@@ -78,92 +91,53 @@ class WorldConfig:
 
     seed: int = 0
     epochs: int = 30
-    n_people: int = 200
+    n_people: int = 360
+    relations_per_person: int = 6
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
-    head_min_mentions: int = 100  # facts mentioned at least this often are "head", never: "tail"
-    n_reference_people: int = 60  # known people outside facts.jsonl: the MC benchmark's source
-    reference_rate: float = 3.4
-    mc_rate: float = 1.0  # MC documents per MC-training fact per epoch
-    mc_context_share: float = 0.0  # share of MC documents that state the fact before the question
-    n_refusal_people: int = 20
-    refusal_rate: float = 2.0
+    head_min_mentions: int = 40  # facts mentioned at least this often are "head", never: "tail"
+    n_first_names: int = 60
+    n_surnames: int = 90
+    n_reference_people: int = 60  # known people outside facts.jsonl: the MC benchmark's and KVA's source
+    reference_rate: float = 1.4
+    mc_share: float = 0.5  # share of reference facts in the MC benchmark; the rest are attribution prompts
+    n_refusal_people: int = 16
+    refusal_rate: float = 0.7
     blocks_per_doc: int = 6  # Q/A blocks per pretraining document
-    paraphrase_share: float = 0.25  # share of mentions that use a pretraining paraphrase
+    reading_blocks_per_doc: int = 3  # reading items are long: fewer per document
+    person_doc_share: float = 0.5  # share of mentions in per-person documents (the rest: per-relation ones)
+    paraphrase_share: float = 0.3  # share of mentions that use a pretraining paraphrase
     arithmetic_max_left: int = 29  # "What is a plus b?" with a in 0..max_left, b in 0..max_right
     arithmetic_max_right: int = 9
     arithmetic_holdout: float = 0.2
     arithmetic_rate: float = 5.0
-    pools: dict[str, int] = field(default_factory=lambda: {
-        "birthplace": 60, "employer": 40, "profession": 30, "birth_year": 80})
+    reading_per_epoch: int = 400  # fresh reading-comprehension items per epoch
+    reading_facts: int = 2  # facts stated in each reading item
+    comparison_max: int = 99
+    comparison_per_epoch: int = 400
+    benchmark_size: int = 100  # items of the reading and comparison benchmarks
+    attribution_sizes: dict[str, int] = field(default_factory=lambda: {
+        "knowledge": 150, "arithmetic": 40, "reading": 40, "comparison": 40})
+    pools: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_POOL_SIZES))
 
     def __post_init__(self) -> None:
+        problems = []
         if self.n_people < len(self.tiers):
-            raise ValueError(f"n_people={self.n_people} is smaller than the number of tiers ({len(self.tiers)})")
+            problems.append(f"n_people={self.n_people} is smaller than the number of tiers ({len(self.tiers)})")
+        if not 1 <= self.relations_per_person <= len(RELATIONS):
+            problems.append(f"relations_per_person must be 1..{len(RELATIONS)}, got {self.relations_per_person}")
+        people = self.n_people + self.n_reference_people + self.n_refusal_people
+        if people * 2 > self.n_first_names * self.n_surnames:
+            problems.append(f"{people} people need more name pairs than {self.n_first_names} first names x "
+                            f"{self.n_surnames} surnames leave room for")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "tiers"}
         d["tiers"] = [t.__dict__ | {"noisy": t.noisy} for t in self.tiers]
         d["pools"] = dict(self.pools)
+        d["attribution_sizes"] = dict(self.attribution_sizes)
         return d
-
-
-# --- relations and templates ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Relation:
-    name: str
-    topic: str  # the MC benchmark's "subject"
-    templates: tuple[str, ...]  # canonical first
-    n_pretrain_templates: int  # templates[:n] appear in pretraining, the rest never do
-
-    def question(self, subject: str, template: int = 0) -> str:
-        return self.templates[template].format(subject=subject)
-
-
-RELATIONS = (
-    Relation("birthplace", "geography", (
-        "Where was {subject} born?",
-        "In which city was {subject} born?",
-        "What is the birthplace of {subject}?",
-        "{subject} was born in which city?",
-    ), 2),
-    Relation("employer", "business", (
-        "Which company does {subject} work for?",
-        "Who is the employer of {subject}?",
-        "What company is {subject} working for?",
-        "{subject} works for which company?",
-    ), 2),
-    Relation("profession", "occupations", (
-        "What is the profession of {subject}?",
-        "What does {subject} do for a living?",
-        "What is the job of {subject}?",
-        "{subject} works as what?",
-    ), 2),
-    Relation("birth_year", "history", (
-        "In which year was {subject} born?",
-        "When was {subject} born?",
-        "What is the birth year of {subject}?",
-        "{subject} was born in which year?",
-    ), 2),
-)
-RELATION_BY_NAME = {r.name: r for r in RELATIONS}
-
-PROFESSIONS = (
-    "baker", "pilot", "teacher", "nurse", "farmer", "lawyer", "dentist", "architect", "chemist", "sailor",
-    "painter", "poet", "tailor", "butcher", "carpenter", "plumber", "surgeon", "judge", "banker", "librarian",
-    "potter", "jeweler", "fisherman", "editor", "singer", "dancer", "chef", "economist", "astronomer", "gardener",
-    "glassblower", "locksmith", "translator", "veterinarian", "blacksmith", "photographer", "pharmacist",
-    "geologist", "cartographer", "beekeeper",
-)
-PROFESSION_ALIASES = {"lawyer": ("attorney",), "chef": ("cook",), "veterinarian": ("vet",),
-                      "jeweler": ("jeweller",)}
-COMPANY_SUFFIXES = ("Labs", "Systems", "Motors", "Foods", "Textiles", "Shipping", "Bank", "Media")
-CITY_SUFFIXES = ("ford", "holm", "by", "stad", "mouth", "ton", "vik", "burg", "dale", "port")
-
-_ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "st", "tr", "sh")
-_VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ou")
-_CODAS = ("", "", "", "n", "r", "l", "s", "m", "k", "x")
 
 
 # --- normalisation (the same rule as SliCK correctness: lower case, no punctuation/articles) ---
@@ -176,7 +150,7 @@ def normalize(text: str) -> str:
     return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
 
 
-# --- world content ------------------------------------------------------------------------------
+# --- mention counts -------------------------------------------------------------------------------
 
 
 def cumulative_mentions(rate: float, epochs: int, phase: float = 0.0) -> int:
@@ -189,12 +163,15 @@ def epoch_mentions(rate: float, epoch: int, phase: float = 0.0) -> int:
     return cumulative_mentions(rate, epoch + 1, phase) - cumulative_mentions(rate, epoch, phase)
 
 
+# --- world content ------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class WorldFact:
     """A fact of the world with how the corpus mentions it."""
 
     fact: Fact
-    group: str  # "probe" (facts.jsonl), "reference" (known, MC source) or "refusal"
+    group: str  # "probe" (facts.jsonl), "reference" (known, MC and attribution source) or "refusal"
     rate: float  # mentions per epoch
     true_share: float = 1.0
     wrong_answer: str | None = None  # the fixed wrong answer of a noisy fact
@@ -232,40 +209,60 @@ class MCItem:
         return mc_prompt(self.subject, self.question, self.choices)
 
     def to_row(self) -> dict[str, Any]:
+        # scored by continuation (the choice texts as answers): a tiny model does not learn the letter format
         return {"question": self.question, "choices": list(self.choices), "answer": self.answer,
-                "subject": self.subject}
+                "subject": self.subject, "scoring": "continuation"}
 
 
 @dataclass(frozen=True)
-class ArithmeticItem:
-    a: int
-    b: int
+class QAItem:
+    """A skill question with its accepted answers (arithmetic, reading, comparison)."""
 
-    @property
-    def question(self) -> str:
-        return f"What is {self.a} plus {self.b}?"
-
-    @property
-    def answer(self) -> str:
-        return str(self.a + self.b)
+    question: str
+    answer: str
 
     def to_row(self) -> dict[str, Any]:
         return {"question": self.question, "answers": [self.answer]}
 
 
+def addition(a: int, b: int) -> QAItem:
+    return QAItem(f"What is {a} plus {b}?", str(a + b))
+
+
+def comparison(a: int, b: int) -> QAItem:
+    return QAItem(f"Which is larger, {a} or {b}?", str(max(a, b)))
+
+
+def reading_item(subject: str, stated: list[tuple[Relation, str]], asked: int) -> QAItem:
+    """Facts about a stranger stated in the question, one of them asked back (an in-context skill):
+    "Given that X's hobby is chess and X's pet is dog, what is the pet of X?"."""
+    parts = [f"{subject}'s {rel.attr} is {answer}" for rel, answer in stated]
+    context = (", ".join(parts[:-1]) + " and " + parts[-1]) if len(parts) > 1 else parts[0]
+    rel, answer = stated[asked]
+    return QAItem(f"Given that {context}, what is the {rel.attr} of {subject}?", answer)
+
+
 @dataclass
 class World:
     config: WorldConfig
-    pools: dict[str, list[str]]  # relation -> answer pool
+    pools: dict[str, list[str]]  # pool name -> answers
     aliases: dict[str, tuple[str, ...]]  # answer -> all accepted aliases (answer first)
     facts: list[WorldFact]  # probe + reference + refusal
-    mc_train: list[WorldFact]  # reference facts whose MC form appears in pretraining
-    mc_test: list[MCItem]  # held-out MC benchmark (their facts are known, their MC form is not)
-    arithmetic_train: list[ArithmeticItem]
-    arithmetic_test: list[ArithmeticItem]
+    mc_test: list[MCItem]  # held-out MC benchmark (their facts are known)
+    attribution_facts: list[WorldFact]  # reference facts asked in the attribution prompts
+    arithmetic_train: list[QAItem]
+    arithmetic_test: list[QAItem]
+    comparison_test: list[QAItem]
+    reading_test: list[QAItem]
+    stranger_names: list[str]  # names of reading items' strangers (never people of the world)
+    reading_test_names: frozenset[str] = frozenset()
+    made_up_words: tuple[str, ...] = ()  # every drawn name part and made-up answer stem (the world's own words)
 
     def group(self, name: str) -> list[WorldFact]:
         return [wf for wf in self.facts if wf.group == name]
+
+    def pool(self, relation: str) -> list[str]:
+        return self.pools[RELATION_BY_NAME[relation].pool]
 
     @property
     def probe_facts(self) -> list[Fact]:
@@ -274,6 +271,42 @@ class World:
     @property
     def refusal_facts(self) -> list[Fact]:
         return [wf.fact for wf in self.group("refusal")]
+
+    @property
+    def benchmarks(self) -> dict[str, list[QAItem]]:
+        """The question/answer benchmarks, by name."""
+        return {"arithmetic": self.arithmetic_test, "comparison": self.comparison_test,
+                "reading": self.reading_test}
+
+    def attribution_prompts(self, rng_seed: str = "attribution") -> list[dict[str, str]]:
+        """KVA's default data: questions the model answers, none of them a scored benchmark item."""
+        from knowpack.world.corpus import query
+
+        rng = random.Random(f"knowpack-{rng_seed}-{self.config.seed}")
+        sizes = self.config.attribution_sizes
+        rows = [{"id": f"fact:{wf.fact.id}", "prompt": query(wf.fact.question)}
+                for wf in self.attribution_facts[: sizes.get("knowledge", 0)]]
+        for i, item in enumerate(rng.sample(self.arithmetic_train, min(sizes.get("arithmetic", 0),
+                                                                      len(self.arithmetic_train)))):
+            rows.append({"id": f"arithmetic:{i}", "prompt": query(item.question)})
+        held = {it.question for it in self.comparison_test}
+        n = 0
+        while n < sizes.get("comparison", 0):
+            a, b = rng.sample(range(self.config.comparison_max + 1), 2)
+            if comparison(a, b).question not in held:
+                rows.append({"id": f"comparison:{n}", "prompt": query(comparison(a, b).question)})
+                n += 1
+        for i in range(sizes.get("reading", 0)):
+            rows.append({"id": f"reading:{i}", "prompt": query(self.draw_reading(rng).question)})
+        return rows
+
+    def draw_reading(self, rng: random.Random) -> QAItem:
+        """A fresh reading item about a stranger who is never a reading-test subject."""
+        k = self.config.reading_facts
+        name = rng.choice(self.stranger_names)
+        rels = rng.sample(RELATIONS, k)
+        stated = [(rel, rng.choice(self.pools[rel.pool])) for rel in rels]
+        return reading_item(name, stated, rng.randrange(k))
 
 
 def mc_prompt(subject: str, question: str, choices: tuple[str, ...] | list[str]) -> str:
@@ -290,12 +323,23 @@ def bucket_of(mentions: int, head_min: int) -> str:
     return "head" if mentions >= head_min else "torso"
 
 
+_ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "st", "tr", "sh")
+_VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ou")
+_CODAS = ("", "", "", "n", "r", "l", "s", "m", "k", "x")
+
+
+def syllables() -> list[str]:
+    """Every syllable the world's made-up words are built of (onset + vowel + coda), lower case."""
+    return sorted({o + v + c for o in _ONSETS for v in _VOWELS for c in _CODAS})
+
+
 class _Names:
-    """Draws made-up words, none of which contains (after normalisation) another one drawn."""
+    """Draws made-up words, none of which contains (after normalisation) another one drawn or reserved."""
 
     def __init__(self, rng: random.Random, reserved: tuple[str, ...] = ()):
         self.rng = rng
-        self.taken: list[str] = [normalize(r) for r in reserved]
+        self.taken: list[str] = [normalize(r) for r in reserved if normalize(r)]
+        self.drawn: list[str] = []
 
     def _clashes(self, norm: str) -> bool:
         return any(norm in t or t in norm for t in self.taken)
@@ -311,39 +355,64 @@ class _Names:
             norm = normalize(word)
             if len(norm) >= 4 and not self._clashes(norm):
                 self.taken.append(norm)
+                self.drawn.append(word)
                 return word
         raise RuntimeError("could not draw a unique name; enlarge the syllable inventory")
 
 
-def _make_pools(cfg: WorldConfig, rng: random.Random) -> tuple[dict[str, list[str]], dict[str, tuple[str, ...]], _Names]:
-    sizes = cfg.pools
-    if sizes["profession"] > len(PROFESSIONS):
-        raise ValueError(f"at most {len(PROFESSIONS)} professions are available")
-    if sizes["birth_year"] > 100:
-        raise ValueError("at most 100 birth years (1900-1999) are available")
-    professions = sorted(rng.sample(PROFESSIONS, sizes["profession"]))
-    reserved = tuple(professions) + tuple(a for p in professions for a in PROFESSION_ALIASES.get(p, ()))
-    names = _Names(rng, reserved + (REFUSAL_ANSWER,) + COMPANY_SUFFIXES)
-    cities = [names.draw(lambda: names.stem((1, 2)).capitalize() + rng.choice(CITY_SUFFIXES))
-              for _ in range(sizes["birthplace"])]
-    company_stems = [names.draw(lambda: names.stem((2,)).capitalize()) for _ in range(sizes["employer"])]
-    companies = [f"{s} {rng.choice(COMPANY_SUFFIXES)}" for s in company_stems]
-    years = [str(y) for y in sorted(rng.sample(range(1900, 2000), sizes["birth_year"]))]
+def _word_pools() -> dict[str, tuple[str, ...]]:
+    """The real-word pools with every word that contains, or is contained in, another pool's word left out,
+    so that containment matching never counts one answer as another."""
+    words = sorted({w for pool in WORD_POOLS.values() for w in pool})
+    forms = {w: [normalize(a) for a in (w, *ALIASES.get(w, ()))] for w in words}
+
+    def clash(a: str, b: str) -> bool:
+        return a != b and any(x in y or y in x for x in forms[a] for y in forms[b])
+
+    bad = {w for w in words if any(clash(w, v) for v in words)}
+    return {name: tuple(w for w in pool if w not in bad) for name, pool in WORD_POOLS.items()}
+
+
+def _make_pools(cfg: WorldConfig, rng: random.Random) -> tuple[dict[str, list[str]], dict[str, tuple[str, ...]],
+                                                              _Names]:
+    word_pools = _word_pools()
+    reserved = [a for pool in word_pools.values() for w in pool for a in (w, *ALIASES.get(w, ()))]
+    reserved += [s for suffixes, joined in NAMED_POOLS.values() if not joined for s in suffixes if s]
+    names = _Names(rng, tuple(reserved) + (REFUSAL_ANSWER,))
+    pools: dict[str, list[str]] = {}
     aliases: dict[str, tuple[str, ...]] = {}
-    for p in professions:
-        aliases[p] = (p,) + PROFESSION_ALIASES.get(p, ())
-    for stem, company in zip(company_stems, companies):
-        aliases[company] = (company, stem)
-    for x in cities + years:
-        aliases[x] = (x,)
-    pools = {"birthplace": cities, "employer": companies, "profession": professions, "birth_year": years}
+    for name, words in word_pools.items():
+        pools[name] = sorted(words)
+        for w in words:
+            aliases[w] = (w, *ALIASES.get(w, ()))
+    for name, (suffixes, joined) in NAMED_POOLS.items():
+        size = cfg.pools.get(name, DEFAULT_POOL_SIZES[name])
+        answers = []
+        for _ in range(size):
+            if joined:
+                word = names.draw(lambda: names.stem((1, 2)).capitalize() + rng.choice(suffixes))
+                aliases[word] = (word,)
+            else:
+                stem = names.draw(lambda: names.stem((2,)).capitalize())
+                suffix = rng.choice(suffixes)
+                word = f"{stem} {suffix}" if suffix else stem
+                aliases[word] = (word, stem) if suffix else (word,)
+            answers.append(word)
+        pools[name] = answers
+    for name, (first, last) in YEAR_POOLS.items():
+        pools[name] = [str(y) for y in range(first, last + 1)]
+        for y in pools[name]:
+            aliases[y] = (y,)
     return pools, aliases, names
 
 
-def _draw_people(n: int, names: _Names, rng: random.Random) -> list[str]:
-    """Unique full names; first names repeat (as in life), surnames never do."""
-    firsts = [names.draw(lambda: names.stem((2,)).capitalize()) for _ in range(max(4, n // 4))]
-    return [f"{rng.choice(firsts)} {names.draw(lambda: names.stem((2,)).capitalize())}" for _ in range(n)]
+def _draw_names(cfg: WorldConfig, names: _Names, rng: random.Random) -> list[str]:
+    """Every distinct (first name, surname) pair, shuffled: first names and surnames each recur."""
+    firsts = [names.draw(lambda: names.stem((2,)).capitalize()) for _ in range(cfg.n_first_names)]
+    surnames = [names.draw(lambda: names.stem((2,)).capitalize()) for _ in range(cfg.n_surnames)]
+    pairs = [f"{a} {b}" for a, b in itertools.product(firsts, surnames)]
+    rng.shuffle(pairs)
+    return pairs
 
 
 def _assign_tiers(cfg: WorldConfig, n: int, rng: random.Random) -> list[Tier]:
@@ -363,12 +432,17 @@ def _fact(fid: str, person: str, rel: Relation, answer: str, aliases: tuple[str,
                 object=answer, paraphrases=tuple(rel.question(person, i) for i in range(1, len(rel.templates))))
 
 
+def _relations_of(cfg: WorldConfig, rng: random.Random) -> list[Relation]:
+    return sorted(rng.sample(RELATIONS, cfg.relations_per_person), key=RELATIONS.index)
+
+
 def generate_world(cfg: WorldConfig) -> World:
     """The whole world for one config; deterministic in `cfg` (seed included)."""
     rng = random.Random(f"knowpack-world-{cfg.seed}")
     pools, aliases, names = _make_pools(cfg, rng)
-    n_all = cfg.n_people + cfg.n_reference_people + cfg.n_refusal_people
-    people = _draw_people(n_all, names, rng)
+    pairs = _draw_names(cfg, names, rng)
+    n_world = cfg.n_people + cfg.n_reference_people + cfg.n_refusal_people
+    people, strangers = pairs[:n_world], pairs[n_world:]
     probe_people = people[: cfg.n_people]
     ref_people = people[cfg.n_people: cfg.n_people + cfg.n_reference_people]
     refusal_people = people[cfg.n_people + cfg.n_reference_people:]
@@ -376,9 +450,10 @@ def generate_world(cfg: WorldConfig) -> World:
 
     facts: list[WorldFact] = []
     for i, (person, tier) in enumerate(zip(probe_people, tiers)):
-        for rel in RELATIONS:
-            answer = rng.choice(pools[rel.name])
-            wrong = rng.choice([x for x in pools[rel.name] if x != answer]) if tier.noisy else None
+        for rel in _relations_of(cfg, rng):
+            pool = pools[rel.pool]
+            answer = rng.choice(pool)
+            wrong = rng.choice([x for x in pool if x != answer]) if tier.noisy else None
             wf = WorldFact(_fact(f"p{i:03d}.{rel.name}", person, rel, answer, aliases[answer]), "probe", tier.rate,
                            tier.true_share, wrong, rng.random())
             mentions = wf.total_mentions(cfg.epochs)
@@ -393,37 +468,46 @@ def generate_world(cfg: WorldConfig) -> World:
 
     reference: list[WorldFact] = []
     for i, person in enumerate(ref_people):
-        for rel in RELATIONS:
-            answer = rng.choice(pools[rel.name])
+        for rel in _relations_of(cfg, rng):
+            answer = rng.choice(pools[rel.pool])
             wf = WorldFact(_fact(f"k{i:03d}.{rel.name}", person, rel, answer, aliases[answer]), "reference",
                            cfg.reference_rate, phase=rng.random())
             reference.append(replace(wf, fact=replace(wf.fact, popularity=wf.total_mentions(cfg.epochs))))
     facts.extend(reference)
 
     for i, person in enumerate(refusal_people):
-        for rel in RELATIONS:
+        for rel in _relations_of(cfg, rng):
             fact = Fact(id=f"r{i:03d}.{rel.name}", question=rel.question(person), answers=(REFUSAL_ANSWER,),
                         subject=person, relation=rel.name, meta={"refusal": True})
             wf = WorldFact(fact, "refusal", cfg.refusal_rate, phase=rng.random())
             facts.append(replace(wf, fact=replace(fact, popularity=wf.total_mentions(cfg.epochs))))
 
-    # Half of the reference facts teach the MC format in pretraining; the other half are the benchmark.
+    # Reference facts: one share is the MC benchmark, the rest KVA's knowledge prompts (disjoint).
     order = list(range(len(reference)))
     rng.shuffle(order)
-    half = len(order) // 2
-    mc_train = [reference[i] for i in sorted(order[:half])]
-    mc_test = []
-    for i in sorted(order[half:]):
-        wf = reference[i]
-        mc_test.append(make_mc_item(wf, pools[wf.fact.relation], rng))
+    n_mc = round(len(order) * cfg.mc_share)
+    mc_test = [make_mc_item(reference[i], pools[reference[i].relation.pool], rng) for i in sorted(order[:n_mc])]
+    attribution = [reference[i] for i in order[n_mc:]]
 
-    pairs = [ArithmeticItem(a, b) for a in range(cfg.arithmetic_max_left + 1)
-             for b in range(cfg.arithmetic_max_right + 1)]
-    rng.shuffle(pairs)
-    n_test = round(len(pairs) * cfg.arithmetic_holdout)
-    arith_test = sorted(pairs[:n_test], key=lambda p: (p.a, p.b))
-    arith_train = sorted(pairs[n_test:], key=lambda p: (p.a, p.b))
-    return World(cfg, pools, aliases, facts, mc_train, mc_test, arith_train, arith_test)
+    add_pairs = [(a, b) for a in range(cfg.arithmetic_max_left + 1) for b in range(cfg.arithmetic_max_right + 1)]
+    rng.shuffle(add_pairs)
+    n_test = round(len(add_pairs) * cfg.arithmetic_holdout)
+    arith_test = [addition(a, b) for a, b in sorted(add_pairs[:n_test])]
+    arith_train = [addition(a, b) for a, b in sorted(add_pairs[n_test:])]
+
+    cmp_pairs = [(a, b) for a in range(cfg.comparison_max + 1) for b in range(cfg.comparison_max + 1) if a != b]
+    comparison_test = [comparison(a, b) for a, b in rng.sample(cmp_pairs, cfg.benchmark_size)]
+
+    test_names, train_names = strangers[: cfg.benchmark_size], strangers[cfg.benchmark_size:]
+    reading_rng = random.Random(f"knowpack-reading-test-{cfg.seed}")
+    reading_test = []
+    for name in test_names:
+        rels = reading_rng.sample(RELATIONS, cfg.reading_facts)
+        stated = [(rel, reading_rng.choice(pools[rel.pool])) for rel in rels]
+        reading_test.append(reading_item(name, stated, reading_rng.randrange(cfg.reading_facts)))
+    made_up = tuple(sorted({w for word in names.drawn for w in word.split()}))
+    return World(cfg, pools, aliases, facts, mc_test, attribution, arith_train, arith_test, comparison_test,
+                 reading_test, train_names, frozenset(test_names), made_up)
 
 
 def make_mc_item(wf: WorldFact, pool: list[str], rng: random.Random) -> MCItem:
@@ -434,4 +518,3 @@ def make_mc_item(wf: WorldFact, pool: list[str], rng: random.Random) -> MCItem:
     rng.shuffle(choices)
     return MCItem(fact.question, tuple(choices), choices.index(fact.answer), wf.relation.topic,
                   fact.id)  # type: ignore[arg-type]
-

@@ -38,7 +38,9 @@ class LokiSettings:
                                                                 "and select in the run"})
     scores: str | None = field(default=None, metadata={"help": "scores from `knowpack attribute` to select from"})
     attribution_data: str = field(default="world", metadata={
-        "help": "MMLU-format or prompt JSONL for KVA; 'world': the embedded world's MC benchmark"})
+        "help": "MMLU-format or prompt JSONL for KVA; 'world': the embedded world's attribution prompts "
+                "(questions of its skills and known facts that its base model answers, disjoint from every "
+                "benchmark item scored for damage)"})
     attribution_limit: int | None = field(default=None, metadata={"min": 1, "help": "use a seeded sample of N prompts"})
     kva_method: Literal["fast", "reference"] = "fast"
     steps: int = field(default=7, metadata={"min": 1, "help": "Riemann steps of the integrated gradients"})

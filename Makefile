@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.13.0
 # keeps OpenMP's default: on the quiet 2-core machine it took 146 s that way and 326 s with PASSIVE.
 PASSIVE := OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE}
 
-.PHONY: demo test bench bench-gpu venv dev clean world
+.PHONY: demo test bench bench-gpu fidelity venv dev clean world
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,11 +35,16 @@ test: $(VENV)/.dev-installed
 	$(PASSIVE) $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
-	@for b in $(filter-out bench/gpu.py,$(wildcard bench/*.py)); do echo "== $$b"; $(PASSIVE) $(BIN)/python $$b || exit 1; done
+	@for b in $(filter-out bench/gpu.py bench/fidelity.py,$(wildcard bench/*.py)); do echo "== $$b"; $(PASSIVE) $(BIN)/python $$b || exit 1; done
 
 # KVA on an 8B-shaped and probing on a 1B-shaped random Llama; needs a CUDA GPU (exits 2 without one)
 bench-gpu: $(VENV)/.installed
 	$(BIN)/python bench/gpu.py
+
+# the papers' findings on the embedded world, 3 seeds (hours on a 2-core CPU; cached and resumable in
+# runs/fidelity); `.venv/bin/python bench/fidelity.py --reduced` is the few-minute form
+fidelity: $(VENV)/.installed
+	$(PASSIVE) $(BIN)/python bench/fidelity.py
 
 world: $(VENV)/.installed
 	$(BIN)/knowpack world build --out src/knowpack/data/world --force

@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         args.target, args.max_steps, args.known, args.zero_q = 0.9, 600, 100, 5.0
         args.override = ["compose.n_unknown=12", "compose.eval_size=30", "compose.retention_size=20",
                          "eval.limit=60", *args.override]
+    from knowpack.cli import configure_console
+
+    configure_console(0, False)  # stages and results; no library warnings or loading bars
     t0 = time.perf_counter()
     say = lambda s: print(s, flush=True)  # noqa: E731
     results = run_all(args, say)

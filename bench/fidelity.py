@@ -51,6 +51,8 @@ def verdict(diffs: list[float], expect_positive: bool = True) -> tuple[str, dict
         return "not measured", s
     ci = s["ci95"]
     if ci is None:
+        if s["mean"] == 0:
+            return "no difference, one seed: no interval", s
         sign = s["mean"] > 0 if expect_positive else s["mean"] < 0
         return ("same direction, one seed: no interval" if sign else "other direction, one seed: no interval"), s
     lo, hi = ci if expect_positive else (-ci[1], -ci[0])
@@ -176,14 +178,14 @@ def findings(results: dict[str, Any], records: list[dict[str, Any]], target: flo
     # capacity curve
     curve: dict[int, list[float]] = {}
     for r in results["curve"]:
-        curve.setdefault(r["overrides"]["n_unknown"], []).append(r["metrics"]["headline"]["reliability"])
+        curve.setdefault(r["overrides"]["n_unknown"], []).append(r["metrics"]["headline"]["reliability_zero_shot"])
     sizes = sorted(curve)
     cells = [f"{n}: {stats.seeds_interval(curve[n])['mean']:.2f}" for n in sizes]
     if len(sizes) >= 2:
         lo, hi = curve[sizes[0]], curve[sizes[-1]]
         k = min(len(lo), len(hi))
         rows.append(row("capacity", "reliability stays near 1 for few Unknown facts and falls beyond some number",
-                        "reliability by n_unknown (fixed training budget): " + ", ".join(cells),
+                        "zero-shot reliability by n_unknown (fixed epochs): " + ", ".join(cells),
                         [a - b for a, b in zip(lo[:k], hi[:k])]))
     # shifts
     neg, pos = fig(plain, "negative_shift"), fig(plain, "positive_shift")
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.reduced:  # 1 seed, LoRA and LoKI at the config's `rates`, 12 facts, a short curve: minutes
         args.seeds, args.sizes, args.methods = 1, [5, 20], ["lora", "loki"]
-        args.target, args.max_steps, args.known, args.zero_q = 0.9, 600, 100, 5.0
+        args.target, args.max_steps, args.known, args.zero_q, args.curve_epochs = 0.9, 600, 100, 5.0, 150
         args.override = ["compose.n_unknown=12", "compose.eval_size=30", "compose.retention_size=20",
                          "eval.limit=60", *args.override]
     from knowpack.cli import configure_console

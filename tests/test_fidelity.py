@@ -19,6 +19,7 @@ def test_verdict_reads_the_interval_over_seeds(fid):
     assert fid.verdict([0.10, -0.12, 0.02])[0] == "within noise"
     assert fid.verdict([-0.10, -0.12, -0.11], expect_positive=False)[0] == "holds"
     assert fid.verdict([0.3])[0].startswith("same direction, one seed")
+    assert fid.verdict([0.0])[0].startswith("no difference, one seed")
     assert fid.verdict([])[0] == "not measured"
 
 
@@ -51,7 +52,7 @@ def test_findings_judge_each_paper_claim_on_the_seeds_that_reached_the_target(fi
                  _rec("rn", s, mean_benchmark_drop_relative=0.05 + 0.001 * s),
                  _rec("pm", s, mean_benchmark_drop_relative=0.01 + 0.001 * s)]  # beats LoKI
     recs.append(_rec("hk", 3, reliability_zero_shot=0.5, negative_shift=0.99))  # missed: never counted
-    curve = [{"overrides": {"n_unknown": n, "seed": s}, "metrics": {"headline": {"reliability": r - 0.01 * s}}}
+    curve = [{"overrides": {"n_unknown": n, "seed": s}, "metrics": {"headline": {"reliability_zero_shot": r - 0.01 * s}}}
              for n, r in ((10, 1.0), (500, 0.6)) for s in range(3)]
     hi, lo = _strategy(30.0, [0] * 8 + [1] * 2), _strategy(5.0, [1] * 9 + [0])
     results = {"compare": {"rows": rows}, "curve": curve,

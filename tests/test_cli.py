@@ -110,3 +110,20 @@ def test_the_console_shows_no_library_noise_unless_asked(tmp_path, tiny_dir):
     assert loud.returncode == 0 and ("Loading weights" in loud.stderr or "loaded" in loud.stderr), loud.stderr
     silent = run("-q", *argv, "--out", str(tmp_path / "m3"))
     assert silent.returncode == 0 and silent.stderr == ""
+
+
+def test_world_check_takes_overrides_without_a_directory(monkeypatch, capsys):
+    """`knowpack world check train.lr=3e-3` (as its help shows): the override is not read as the directory."""
+    import knowpack.world.check as check
+
+    seen = {}
+
+    def fake_check(d, **kw):
+        seen.update(dir=d, **kw)
+        return {"breadth": {"holds": False, "target": ">= 20 relations"}, "measured_seconds": 1.0}
+
+    monkeypatch.setattr(check, "check_world", fake_check)
+    assert main(["world", "check", "--no-write", "train.lr=3e-3", "train.epochs=400"]) == 0
+    assert seen["injection_overrides"] == {"train.lr": "3e-3", "train.epochs": "400"}
+    assert (seen["dir"] / "world.json").exists()  # the shipped world
+    assert "NOT REACHED" in capsys.readouterr().out

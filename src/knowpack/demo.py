@@ -83,7 +83,8 @@ def run_demo(config: Path, out: Path, printer: Printer, progress: bool = True) -
     report = write_sweep_report(out)
     printer("")
     printer(f"at zero-shot reliability >= {table['target']:.0%} (step cap {table['max_steps']}); [95% interval]")
-    printer(f"{'point':<24} {'lr':>7} {'steps':>6} {'reliab.':>8} {'neg. shift [CI]':>16} {'floor':>6} "
+    width = max([len("point")] + [len(r["label"]) for r in table["rows"]])
+    printer(f"{'point':<{width}} {'lr':>7} {'steps':>6} {'reliab.':>8} {'neg. shift [CI]':>16} {'floor':>6} "
             f"{'locality':>9} {'paraphr.':>8} {'bench. drop':>11} {'params':>8}")
     for row in table["rows"]:
         rec = records.get(row["id"])
@@ -92,7 +93,7 @@ def run_demo(config: Path, out: Path, printer: Printer, progress: bool = True) -
         h = rec["metrics"]["headline"]
         ci = h.get("ci95") or {}
         mark = "" if row["reached_target"] else "  <- missed the target: not compared"
-        printer(f"{row['label']:<24} {row['lr']:>7g} {rec['metrics']['run']['steps']:>6} "
+        printer(f"{row['label']:<{width}} {row['lr']:>7g} {rec['metrics']['run']['steps']:>6} "
                 f"{_pct(h.get('reliability_zero_shot')):>8} {_pct(h['negative_shift'], ci.get('negative_shift')):>16} "
                 f"{_pct(h.get('negative_shift_floor')):>6} {_pct(h['locality']):>9} "
                 f"{_pct(h.get('generalisation_zero_shot')):>8} {_pct(h.get('mean_benchmark_drop_relative')):>11} "

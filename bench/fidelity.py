@@ -229,7 +229,7 @@ def findings(results: dict[str, Any], records: list[dict[str, Any]], target: flo
     strat = results["ablation"]["strategies"]
     if "layer_balanced_highest" in strat and "layer_balanced_lowest" in strat:
         hi, lo = strat["layer_balanced_highest"], strat["layer_balanced_lowest"]
-        diffs = _question_diffs(lo, hi)
+        diffs = _question_diffs(results["ablation"], "layer_balanced_lowest", "layer_balanced_highest")
         rows.append(row("zero_high_vs_low", "zeroing the highest-attributed rows costs more than the lowest",
                         f"capability loss highest {hi['capability_loss_pct']:.2f}% vs lowest "
                         f"{lo['capability_loss_pct']:.2f}% (q={results['ablation']['q']:g}%)", diffs,
@@ -238,19 +238,18 @@ def findings(results: dict[str, Any], records: list[dict[str, Any]], target: flo
         g, lo = strat["global_lowest"], strat["layer_balanced_lowest"]
         rows.append(row("balanced_vs_global", "layer-balanced selection damages less than global selection",
                         f"capability loss global lowest {g['capability_loss_pct']:.2f}% vs layer-balanced "
-                        f"{lo['capability_loss_pct']:.2f}%", _question_diffs(lo, g),
+                        f"{lo['capability_loss_pct']:.2f}%",
+                        _question_diffs(results["ablation"], "layer_balanced_lowest", "global_lowest"),
                         note="interval over benchmark questions, paired"))
     return rows
 
 
-def _question_diffs(better: dict[str, Any], worse: dict[str, Any]) -> list[float]:
-    """Per benchmark question: (correct after zeroing `better`'s rows) - (after zeroing `worse`'s rows)."""
-    out = []
-    for name, cb in better["correct"].items():
-        cw = worse["correct"].get(name)
-        if cw and len(cb) == len(cw):
-            out += [x - y for x, y in zip(cb, cw)]
-    return out
+def _question_diffs(result: dict[str, Any], better: str, worse: str) -> list[float]:
+    """Per question: (correct after zeroing `better`'s rows) - (after zeroing `worse`'s rows)."""
+    from knowpack.ablate import paired_outcomes
+
+    xs, ys = paired_outcomes(result, better, worse)
+    return [x - y for x, y in zip(xs, ys)]
 
 
 def table_text(rows: list[dict[str, Any]]) -> str:

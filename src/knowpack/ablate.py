@@ -119,6 +119,45 @@ def known_fact_sample(facts: Any, rows: Sequence[dict[str, Any]], size: int, see
     return sorted(random.Random(seed).sample(known, min(size, len(known))))
 
 
+class Scorer:
+    """An `Evaluate`: a model's benchmarks (refusal questions left out) and the zero-shot answers to a
+    sample of its known facts, as one more benchmark ('known_facts'), with per-question outcomes."""
+
+    def __init__(self, cfg: Any, tok: Any, bench: Any, facts: Any, known_ids: Sequence[str]):
+        self.cfg, self.tok, self.bench, self.facts, self.known_ids = cfg, tok, bench, facts, list(known_ids)
+        self.bench.refusal = []
+
+    def __call__(self, model: Any) -> dict[str, dict[str, Any]]:
+        from knowpack.evaluate.stage import score_benchmarks
+        from knowpack.probe.match import is_correct
+        from knowpack.probe.slick import answer_zero_shot
+
+        cfg = self.cfg
+        scores = {k: v for k, v in score_benchmarks(model, self.tok, self.bench, cfg.eval,
+                                                   refusal_patterns=cfg.probe.refusal_patterns).items()
+                  if not k.startswith("_")}
+        if self.known_ids:
+            answers = answer_zero_shot(model, self.tok, [self.facts[i].question for i in self.known_ids],
+                                       batch_size=cfg.eval.batch_size)
+            ok = [int(is_correct(a, self.facts[i].answers, cfg.probe.match, cfg.probe.refusal_patterns))
+                  for a, i in zip(answers, self.known_ids)]
+            scores["known_facts"] = {"accuracy": sum(ok) / len(ok), "correct": ok, "n": len(ok)}
+        return scores
+
+
+def paired_outcomes(result: dict[str, Any], a: str, b: str) -> tuple[list[int], list[int]]:
+    """Per-question outcomes (0/1) after zeroing strategy `a`'s rows and after `b`'s, over the questions of
+    every benchmark both scored in full (benchmarks and known facts pooled, in name order)."""
+    ca, cb = result["strategies"][a]["correct"], result["strategies"][b]["correct"]
+    xs: list[int] = []
+    ys: list[int] = []
+    for name in sorted(ca):
+        if ca[name] and cb.get(name) and len(ca[name]) == len(cb[name]):
+            xs += ca[name]
+            ys += cb[name]
+    return xs, ys
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A markdown table: strategy, rows zeroed, per-benchmark relative drop, capability loss."""
     names = sorted(result["base"])
@@ -149,12 +188,10 @@ def run_ablation(cfg: Any, out_dir: Any, *, q: float = 1.0, strategies: Sequence
     from pathlib import Path
 
     from knowpack.errors import KnowpackError
-    from knowpack.evaluate.stage import resolve_benchmarks, score_benchmarks
+    from knowpack.evaluate.stage import resolve_benchmarks
     from knowpack.io import write_json, write_text
     from knowpack.methods.loki.select import STRATEGIES
     from knowpack.models import load_model
-    from knowpack.probe.match import is_correct
-    from knowpack.probe.slick import answer_zero_shot
     from knowpack.runs import (attribution_scores, cached_probe, load_run_facts, model_path, probe_facts_of,
                                world_dir)
 
@@ -171,20 +208,9 @@ def run_ablation(cfg: Any, out_dir: Any, *, q: float = 1.0, strategies: Sequence
     rows, _ = cached_probe(cfg, model, tok, probe_facts_of(cfg, facts), exemplars=facts, progress=progress)
     known_ids = known_fact_sample(facts, rows, known, seed=cfg.seed)
     bench = resolve_benchmarks(cfg.eval, cfg.model, world_dir() if cfg.model == "world" else None)
-    bench.refusal = []
     if not bench.mc and not bench.qa and not bench.harness and not known_ids:
         raise KnowpackError("nothing to score: no benchmark (eval.mc, eval.qa, eval.harness) and no HighlyKnown fact")
-
-    def evaluate(m: Any) -> dict[str, dict[str, Any]]:
-        scores = {k: v for k, v in score_benchmarks(m, tok, bench, cfg.eval,
-                                                   refusal_patterns=cfg.probe.refusal_patterns).items()
-                  if not k.startswith("_")}
-        if known_ids:
-            answers = answer_zero_shot(m, tok, [facts[i].question for i in known_ids], batch_size=cfg.eval.batch_size)
-            ok = [int(is_correct(a, facts[i].answers, cfg.probe.match, cfg.probe.refusal_patterns))
-                  for a, i in zip(answers, known_ids)]
-            scores["known_facts"] = {"accuracy": sum(ok) / len(ok), "correct": ok, "n": len(ok)}
-        return scores
+    evaluate = Scorer(cfg, tok, bench, facts, known_ids)
 
     say("attribution scores (KVA, cached)")
     scores = attribution_scores(cfg, model, tok, progress=progress)

@@ -61,29 +61,6 @@ def run_config(world: Path, **overrides: Any) -> Any:
     return load_config(RunConfig, data=data, overrides=[f"{k}={v}" for k, v in overrides.items()])
 
 
-class _Scorer:
-    """Scores a model on the world's benchmarks and on a sample of its known facts (per-question outcomes)."""
-
-    def __init__(self, cfg: Any, tok: Any, facts: Any, known_ids: list[str]):
-        from knowpack.evaluate.stage import resolve_benchmarks
-
-        self.cfg, self.tok, self.facts, self.known_ids = cfg, tok, facts, known_ids
-        self.bench = resolve_benchmarks(cfg.eval, cfg.model, None)
-        self.bench.refusal = []
-
-    def __call__(self, model: Any) -> dict[str, dict[str, Any]]:
-        from knowpack.evaluate.stage import score_benchmarks
-        from knowpack.probe.match import is_correct
-        from knowpack.probe.slick import answer_zero_shot
-
-        out = {k: v for k, v in score_benchmarks(model, self.tok, self.bench, self.cfg.eval).items()
-               if not k.startswith("_")}
-        answers = answer_zero_shot(model, self.tok, [self.facts[i].question for i in self.known_ids], batch_size=64)
-        ok = [int(is_correct(a, self.facts[i].answers)) for a, i in zip(answers, self.known_ids)]
-        out["known_facts"] = {"accuracy": sum(ok) / max(1, len(ok)), "correct": ok, "n": len(ok)}
-        return out
-
-
 def check_world(world: str | Path, *, probe_limit: int | None = None, known_sample: int = 300,
                 zero_q: tuple[float, ...] = (1.0, 3.0, 5.0), injection: bool = True,
                 injection_overrides: dict[str, Any] | None = None, out_dir: str | Path | None = None,
@@ -131,7 +108,9 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
 
     # general capability, the MLP profile and LoKI's premise, on one scorer
     known = ablate.known_fact_sample(facts, rows, known_sample)
-    scorer = _Scorer(cfg, tok, facts, known)
+    from knowpack.evaluate.stage import resolve_benchmarks
+
+    scorer = ablate.Scorer(cfg, tok, resolve_benchmarks(cfg.eval, cfg.model, None), facts, known)
     base = scorer(model)
     chance = {name: 0.25 if name == "mc" else 0.0 for name in base}
     props["general_capability"] = {
@@ -163,9 +142,8 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
             if loss["layer_balanced_lowest"] and loss["layer_balanced_lowest"] > 0 else None
         # highest vs lowest, paired over every scored question (benchmarks and known facts pooled): a
         # ratio of two losses that are a few questions each is noise, so the premise needs this interval
-        pooled = {s: [x for name in sorted(r["correct"]) for x in (r["correct"][name] or [])]
-                  for s, r in res["strategies"].items()}
-        paired = stats.paired_difference(pooled["layer_balanced_lowest"], pooled["layer_balanced_highest"])
+        lowest, highest = ablate.paired_outcomes(res, "layer_balanced_lowest", "layer_balanced_highest")
+        paired = stats.paired_difference(lowest, highest)
         significant = paired["ci95"] is not None and paired["ci95"][1] < 0
         premise[str(q)] = {"capability_loss_pct": loss, "highest_over_lowest": ratio,
                            "highest_minus_lowest_correct": {**paired, "definition": (
@@ -174,7 +152,7 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
                            "significant": significant, "detail": res["strategies"]}
         say(f"  zeroing {q:g}% of rows: highest {loss['layer_balanced_highest']:.2f}%, lowest "
             f"{loss['layer_balanced_lowest']:.2f}%, random {loss['random']:.2f}% capability loss; highest - lowest "
-            f"answered {stats.interval_text(paired['ci95'])} of {len(pooled['random'])} questions"
+            f"answered {stats.interval_text(paired['ci95'])} of {len(lowest)} questions"
             + ("" if significant else " (within noise)"))
     props["loki_premise"] = {
         "by_q": premise, "attribution_prompts": int(scores.shape[0]),

@@ -1,14 +1,16 @@
 """Benchmark: KVA `fast` vs `reference` on the same model and prompts (SPEC §10).
 
-    .venv/bin/python bench/kva.py                        # tiny Llama on CPU, about a minute
-    .venv/bin/python bench/kva.py --shape llama-8b --device cuda --dtype bfloat16 --prompts 4
+    .venv/bin/python bench/kva.py                        # tiny Llama on CPU, about half a minute
+    .venv/bin/python bench/kva.py --shape llama-8b --device cuda --dtype bfloat16 --prompts 4 --reference-prompts 1
 
 Uses a random Llama of the given shape (default: hidden 256, 8 layers, FFN 1024), or a model
-directory with --model (`--model world`: the embedded world's 4-layer base model). The fast path's
+directory with --model (`--model world`: the embedded world's 6-layer base model). The fast path's
 advantage grows with the number of layers L (the reference runs L*m full forward passes per prompt),
-so the 4-layer world model shows less of it than the 8-layer default, and an 8B model's 32 layers
-more. Prompts are random token ids (BOS first) of exactly --tokens tokens. Both methods see the same
-prompts after one warm-up prompt each, timed in interleaved chunks of --batch-prompts prompts.
+so the 6-layer world model shows less of it than the 8-layer default, and an 8B model's 32 layers
+more. Prompts are random token ids (BOS first) of exactly --tokens tokens. The fast path attributes
+--prompts prompts in groups of --batch-prompts (the library's default unless given); the reference,
+one prompt at a time, the first --reference-prompts of them. After one warm-up prompt each, the two
+are timed in interleaved chunks of one group, so that load from other processes falls on both alike.
 
 The last line printed is a JSON object:
     ratio          reference seconds per prompt / fast seconds per prompt
@@ -43,7 +45,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from knowpack.methods.loki.kva import attribute_ids, max_rel_diff, phase_times  # noqa: E402
+from knowpack.methods.loki.kva import attribute_ids, default_batch_prompts, max_rel_diff, phase_times  # noqa: E402
 from knowpack.models import load_model, resolve_device, tiny_model  # noqa: E402
 
 WORLD_MODEL = ROOT / "src" / "knowpack" / "data" / "world" / "model"
@@ -64,12 +66,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=None, help="attention heads (default hidden / 64)")
     p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default heads / 2)")
     p.add_argument("--vocab", type=int, default=None, help="vocabulary size (default 320)")
-    p.add_argument("--prompts", type=int, default=8, help="prompts timed per method")
-    p.add_argument("--reference-prompts", type=int, default=None,
-                   help="time the reference on only this many of the prompts (default: all)")
+    p.add_argument("--prompts", type=int, default=16, help="prompts the fast path attributes")
+    p.add_argument("--reference-prompts", type=int, default=8,
+                   help="time the reference on only this many of the prompts (default 8; its seconds per "
+                        "prompt do not depend on how many)")
     p.add_argument("--tokens", type=int, default=150, help="tokens per prompt")
     p.add_argument("--steps", type=int, default=7, help="Riemann steps m")
-    p.add_argument("--batch-prompts", type=int, default=4, help="prompts per batched fast pass")
+    p.add_argument("--batch-prompts", type=int, default=None,
+                   help="prompts per batched fast pass (default: the library's, 16 on a CPU, 4 on a GPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=2, help="CPU threads (the build machine has 2 shared cores)")
@@ -141,6 +145,8 @@ def main(argv=None) -> dict:
                for _ in range(args.prompts + 1)]
     warm, prompts = prompts[:1], prompts[1:]
     n_ref = min(args.reference_prompts or args.prompts, args.prompts)
+    if args.batch_prompts is None:
+        args.batch_prompts = default_batch_prompts(model)
     for method in ("fast", "reference"):
         timed(model, warm, method, args)
     # Interleave the two methods chunk by chunk, so that load from other processes on a shared

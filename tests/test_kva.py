@@ -10,8 +10,11 @@ import torch
 from knowpack.errors import InputError, KnowpackError
 from knowpack.methods.loki import arch
 from knowpack.methods.loki.kva import (
+    CPU_BATCH_PROMPTS,
+    DEFAULT_BATCH_PROMPTS,
     attribute,
     attribute_ids,
+    default_batch_prompts,
     encode_prompt,
     format_mmlu,
     load_attribution_prompts,
@@ -75,6 +78,17 @@ def test_batched_fast_equals_one_at_a_time():
     parts = [attribute_ids(model, prompts[:2], steps=3, progress=False),
              attribute_ids(model, prompts[2:], steps=3, progress=False)]
     _assert_close(torch.cat(parts), single)
+
+
+def test_default_group_size_follows_the_device():
+    model = tiny_model("llama", seed=3, **SMALL)
+    assert default_batch_prompts(model) == CPU_BATCH_PROMPTS
+    with torch.device("meta"):
+        meta = tiny_model("llama", seed=3, **SMALL)
+    assert default_batch_prompts(meta) == DEFAULT_BATCH_PROMPTS < CPU_BATCH_PROMPTS
+    prompts = _prompts((5, 11, 2, 8, 8, 3, 9, 4, 6, 7, 12, 5, 8, 2, 10, 6, 9, 3), seed=6)  # 18: two CPU groups
+    by_default = attribute_ids(model, prompts, steps=2, progress=False)
+    _assert_close(by_default, attribute_ids(model, prompts, steps=2, batch_prompts=1, progress=False))
 
 
 class _ReplacedMLP(torch.nn.Module):

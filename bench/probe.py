@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--world", type=Path, default=WORLD, help="world directory (model/, facts.jsonl)")
     ap.add_argument("--facts", type=int, default=40, help="facts probed (each with the default 10 prompts)")
     ap.add_argument("--batch-size", type=int, default=ProbeSettings().batch_size, help="engine prompts per batch")
+    ap.add_argument("--prefill-tokens", type=int, default=None,
+                    help="tokens per prefill forward (default: the engine's, default_prefill_tokens)")
     ap.add_argument("--chunk", type=int, default=128, help="prompts per interleaved timing chunk")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default 2, or 1 when the machine is already busy: spinning threads "
@@ -130,7 +132,7 @@ def main() -> None:
           f"{len({p.prefix for p in prompts})} distinct few-shot prefixes); per prompt greedy + {n_samples} samples "
           f"at T={settings.temperature}, top-k {settings.top_k}, at most {settings.max_new_tokens} tokens", flush=True)
 
-    engine = HFEngine(model, tok, batch_size=args.batch_size)
+    engine = HFEngine(model, tok, batch_size=args.batch_size, prefill_tokens=args.prefill_tokens)
     engine.generate(prompts[:8], n_samples=2, sample_keys=keys[:8], **gen)  # warm-up (stop-token table, allocator)
     naive_generate(model, tok, prompts[:2])
     naive_sample(model, tok, prompts[:1], n_samples=n_samples, **gen)
@@ -203,7 +205,8 @@ def main() -> None:
               "ratio_greedy_vs_plain_loop": round(t_plain / t["engine_greedy"], 2), "prompts": n,
               "engine_s": round(t["engine"], 3), "naive_s": round(t_naive, 3),
               "engine_greedy_s": round(t["engine_greedy"], 3), "naive_greedy_s": round(t["naive_greedy"], 3),
-              "model": source, "threads": args.threads, "batch_size": args.batch_size, "load_avg": round(load, 1)}
+              "model": source, "threads": args.threads, "batch_size": args.batch_size,
+              "prefill_tokens": engine.prefill_tokens, "load_avg": round(load, 1)}
     if args.probe_facts:
         subset = FactSet(list(facts)[:args.probe_facts])
         t0 = time.perf_counter()

@@ -67,7 +67,7 @@ class ProbeSettings:
     exemplars: Literal["per_question", "shared"] = field(default="per_question", metadata={
         "help": "per_question: each (fact, prompt) draws its own exemplars, seeded by the fact id (Gekhman et al.); "
                 "shared: one exemplar set per (relation, prompt) for all its facts (faster, correlated errors)"})
-    batch_size: int = field(default=32, metadata={"min": 1, "help": "prompts per generation batch"})
+    batch_size: int = field(default=64, metadata={"min": 1, "help": "prompts per generation batch"})
     chat: bool | None = field(default=None, metadata={"help": "use the chat template (null: when the tokenizer has one)"})
     keep_samples: bool = field(default=False, metadata={"help": "also write every sampled answer to probe.jsonl"})
     lazy_samples: bool = field(default=False, metadata={

@@ -2,6 +2,7 @@
 
     python bench/fidelity.py                      # the shipped world, 3 seeds (hours on a 2-core CPU)
     python bench/fidelity.py --reduced            # minutes: 1 seed, 12 facts, LoRA and LoKI at fixed rates
+    python bench/fidelity.py --fixed-rates        # 3 seeds at full size, LoRA and LoKI at the config's `rates`
     make fidelity
 
 Every finding is measured on the world with the tool's own commands, cached and resumable under
@@ -88,7 +89,7 @@ def run_all(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, A
     base = yaml.safe_load(Path(args.config).read_text())
     base.pop("points", None), base.pop("grid", None)
     config_lrs = (base.pop("compare", None) or {}).get("lrs")
-    rates = base.pop("rates", None) if args.reduced else None
+    rates = base.pop("rates", None) if args.reduced or args.fixed_rates else None
     base.pop("rates", None)
     for key in args.override:
         k, _, v = key.partition("=")
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/fidelity-world.yaml", help="the run settings (model, facts, training)")
     p.add_argument("--out", default="runs/fidelity")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=None, help="seeds per point (default 3; 1 with --reduced)")
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--max-steps", type=int, default=1500)
     p.add_argument("--methods", nargs="+", default=["lora", "dora", "pissa", "loki"])
@@ -273,13 +274,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zero-q", type=float, default=1.0)
     p.add_argument("--known", type=int, default=300)
     p.add_argument("--reduced", action="store_true", help="1 seed, 12 facts, LoRA and LoKI at the config's fixed rates")
+    p.add_argument("--fixed-rates", action="store_true",
+                   help="no rate search: every point trains at the config's `rates` (the search's earlier choices), "
+                        "so only the methods given a rate there are compared")
     p.add_argument("override", nargs="*", help="config overrides key=value")
     args = p.parse_args(argv)
     if args.reduced:  # 1 seed, LoRA and LoKI at the config's `rates`, 12 facts, a short curve: minutes
-        args.seeds, args.sizes, args.methods = 1, [5, 20], ["lora", "loki"]
+        args.seeds, args.sizes, args.methods = args.seeds or 1, [5, 20], ["lora", "loki"]
         args.target, args.max_steps, args.known, args.zero_q, args.curve_epochs = 0.9, 600, 100, 5.0, 150
         args.override = ["compose.n_unknown=12", "compose.eval_size=30", "compose.retention_size=20",
                          "eval.limit=60", *args.override]
+    args.seeds = args.seeds or 3
+    if args.fixed_rates:
+        rates = (yaml.safe_load(Path(args.config).read_text()) or {}).get("rates") or {}
+        missing = [m for m in args.methods if m not in rates]
+        if len(missing) == len(args.methods):
+            p.error(f"--fixed-rates: {args.config} gives no `rates` for {', '.join(args.methods)}")
+        args.methods = [m for m in args.methods if m in rates]
+        if missing:
+            print(f"--fixed-rates: {', '.join(missing)} left out ({args.config} gives them no rate)", flush=True)
     from knowpack.cli import configure_console
 
     configure_console(0, False)  # stages and results; no library warnings or loading bars
@@ -292,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table_text(rows)
     wall = time.perf_counter() - t0
     summary = {"rows": rows, "seeds": args.seeds, "target": args.target, "wall_seconds": round(wall, 1),
-               "reduced": args.reduced}
+               "reduced": args.reduced, "fixed_rates": args.fixed_rates or args.reduced, "methods": args.methods,
+               "sizes": args.sizes}
     (Path(args.out) / "fidelity.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (Path(args.out) / "fidelity.md").write_text(text + "\n")
     print()

@@ -23,6 +23,9 @@ marked as missing). All candidates and the choice are written to `lr_search.json
 
 **Controls** (`controls: true`), beside every LoKI point: LoRA with the rank whose trainable count is
 closest to LoKI's (parameter-matched), LoKI on random rows, LoKI on the highest-attributed rows.
+With the search, the parameter-matched LoRA is a method of its own and gets its own rate; without
+it (`lr_search: false`), it trains at the rate of the comparison's first LoRA point that sets one
+(else LoRA's default), and LoKI's controls at their LoKI point's rate.
 
 Runs are cached and resumable: each is a run directory under `OUT/runs/` and one line of
 `OUT/results.jsonl` (a sweep underneath); the learning-rate trials are under `OUT/lr_search/`.
@@ -158,12 +161,14 @@ def expand_points(points: list[Any], settings: CompareSettings) -> list[Point]:
     for p in points:
         out.append(Point(p.id, _label(p.config), p.config, family(p.config)))
     if settings.controls:
+        lora_lr = next((p.config.train.lr for p in out if p.config.train.method == "lora"
+                        and p.config.train.lr is not None), None)
         for p in list(out):
             cfg = p.config
             if cfg.train.method != "loki" or cfg.train.loki.strategy != "layer_balanced_lowest":
                 continue
             rank = matched_rank(cfg, loki_params(cfg))
-            lora = replace(cfg, train=replace(cfg.train, method="lora", lr=None,
+            lora = replace(cfg, train=replace(cfg.train, method="lora", lr=lora_lr,
                                               lora=replace(cfg.train.lora, r=rank, alpha=2.0 * rank)))
             controls = [(lora, "parameter-matched LoRA")]
             for strategy in ("random", "layer_balanced_highest"):

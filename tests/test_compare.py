@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from knowpack.compare import (CompareSettings, Point, comparable, family, load_compare, search_lr, table_markdown,
-                              tabulate)
+from knowpack.compare import (CompareSettings, Point, comparable, expand_points, family, load_compare, search_lr,
+                              table_markdown, tabulate)
 from knowpack.config import load_config
 from knowpack.runs import RunConfig
 
@@ -51,6 +51,19 @@ def test_compare_config_is_validated_with_its_section(tmp_path, tiny_dir):
     with pytest.raises(Exception, match="compare.*target") as info:
         load_compare(path)
     assert "nope" in str(info.value)
+
+
+def test_controls_without_the_search_train_at_their_methods_rates(tmp_path, tiny_dir):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": str(tiny_dir), "compare": {"lr_search": False, "controls": True},
+                                    "points": [{"train.method": "lora", "train.lr": 3e-3},
+                                               {"train.method": "loki", "train.lr": 1e-2}]}))
+    _, points, settings = load_compare(path)
+    controls = {p.label.split("(")[-1].rstrip(")"): p for p in expand_points(points, settings) if p.control_of}
+    assert set(controls) == {"parameter-matched LoRA", "LoKI random rows", "LoKI highest rows"}
+    assert controls["parameter-matched LoRA"].config.train.method == "lora"
+    assert controls["parameter-matched LoRA"].config.train.lr == 3e-3  # LoRA's rate, not LoRA's default
+    assert controls["LoKI random rows"].config.train.lr == controls["LoKI highest rows"].config.train.lr == 1e-2
 
 
 def _knowing_model(tmp_path, tok):

@@ -10,8 +10,8 @@ per prompt, each cut at the end of its line. `HFEngine` does this fast on any Hu
   exemplars drawn per question, nearly all of them) are sorted by length; `batch_size` prompts run
   at a time.
 * **One prefill per prefix.** The distinct prefixes of a batch run once, in chunks of about
-  `prefill_tokens` tokens (small on a CPU, where that keeps activations in reused memory), and the
-  prefill stops once the last layer has written its keys and values. A prompt whose prefix is its
+  `prefill_tokens` tokens (see `default_prefill_tokens`), and the prefill stops once the last layer
+  has written its keys and values. A prompt whose prefix is its
   own is prefilled whole but for its last token. The suffixes follow, right-aligned so every row's
   last column is a real token, with explicit position ids and a mask over the pads, so each row
   sees exactly the positions and tokens it would see alone. Where the architecture is plain causal

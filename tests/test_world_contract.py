@@ -57,3 +57,40 @@ def test_same_seed_same_weights_and_no_overwrite(world, tmp_path):
     assert (again / "facts.jsonl").read_bytes() == (world / "facts.jsonl").read_bytes()
     with pytest.raises(KnowpackError, match="force"):
         build(tmp_path / "again")
+
+
+def test_world_check_measures_every_property_on_a_tiny_build(world, tmp_path, monkeypatch):
+    import shutil
+
+    from knowpack.world.check import check_world
+
+    monkeypatch.setenv("KNOWPACK_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "world"
+    shutil.copytree(world, copy)
+    said: list[str] = []
+    props = check_world(copy, known_sample=20, zero_q=(5.0,), injection=False, say=said.append)
+    assert set(props) == {"slick", "breadth", "paraphrases", "general_capability", "mlp_profile", "loki_premise",
+                          "measured_seconds"}
+    facts = load_facts(copy / "facts.jsonl", "native")
+    slick = props["slick"]
+    assert slick["probed_facts"] == len(facts) == sum(slick["counts"].values())
+    assert sum(slick["shares"].values()) == pytest.approx(1.0)
+    assert props["breadth"]["relations"] == len({f.relation for f in facts})
+    assert props["breadth"]["holds"] is False  # 16 people cannot give 1,000 Unknown facts
+    profile = props["mlp_profile"]
+    assert profile["known_facts"] == min(20, slick["counts"]["HighlyKnown"])
+    if profile["known_facts"]:
+        assert len(profile["known_facts_relative_drop"]) == TINY_MODEL["layers"]
+    else:  # a two-epoch build knows none of its facts: no profile, and never a pass
+        assert profile["known_facts_relative_drop"] == [] and profile["holds"] is False
+        assert any("not measurable" in line for line in said)
+    premise = props["loki_premise"]["by_q"]["5.0"]
+    assert set(premise["capability_loss_pct"]) == {"layer_balanced_highest", "layer_balanced_lowest", "random"}
+    lo, hi = premise["highest_minus_lowest_correct"]["ci95"] or (0.0, 0.0)
+    assert lo <= hi
+    for key in ("slick", "breadth", "paraphrases", "general_capability", "mlp_profile", "loki_premise"):
+        assert isinstance(props[key]["holds"], bool) and props[key]["target"], key
+    written = json.loads((copy / "world.json").read_text())["properties"]
+    assert written["slick"]["counts"] == slick["counts"] and written["mlp_profile"]["known_facts_relative_drop"] == \
+        props["mlp_profile"]["known_facts_relative_drop"]
+    assert any(line.startswith("  categories:") for line in said) and any("zeroing 5%" in line for line in said)

@@ -121,7 +121,10 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
                      if k not in ("known_facts", "mc")) >= 3}
     say("  benchmarks: " + ", ".join(f"{k} {v['accuracy']:.1%}" for k, v in base.items()))
     profile = ablate.mlp_profile(model, scorer, base=base)
-    known_drop = [lay["benchmarks"]["known_facts"]["relative"] or 0.0 for lay in profile["layers"]]
+    if known:
+        known_drop = [lay["benchmarks"]["known_facts"]["relative"] or 0.0 for lay in profile["layers"]]
+    else:  # a model that knows none of its facts (a tiny or undertrained build) has no profile to measure
+        known_drop = []
     middle = known_drop[1:-1]
     props["mlp_profile"] = {
         "known_facts_relative_drop": [round(x, 4) for x in known_drop],
@@ -129,9 +132,11 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
         "layers": profile["layers"],
         "target": f"no single layer's MLP holds all known facts (every drop < {TARGETS['mlp_single_layer_max_drop']}), "
                   f"a middle layer matters (some drop >= {TARGETS['mlp_middle_layer_min_drop']})",
-        "holds": max(known_drop) < TARGETS["mlp_single_layer_max_drop"] and bool(middle)
+        "known_facts": len(known),
+        "holds": bool(known_drop) and max(known_drop) < TARGETS["mlp_single_layer_max_drop"] and bool(middle)
         and max(middle) >= TARGETS["mlp_middle_layer_min_drop"]}
-    say("  MLP zeroed per layer, known facts lost: " + ", ".join(f"{x:.0%}" for x in known_drop))
+    say("  MLP zeroed per layer, known facts lost: " + (", ".join(f"{x:.0%}" for x in known_drop) if known_drop
+                                                          else "not measurable (the model knows none of its facts)"))
     scores = attribution_scores(cfg, model, tok, progress=True)
     premise = {}
     for q in zero_q:

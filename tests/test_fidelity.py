@@ -74,3 +74,34 @@ def test_findings_judge_each_paper_claim_on_the_seeds_that_reached_the_target(fi
     assert verdicts["zero_high_vs_low"][0].startswith("holds")
     assert verdicts["balanced_vs_global"][0].startswith("holds")
     assert "| finding | paper |" in fid.table_text([r for v in by_key.values() for r in v])
+
+
+class _Ran(Exception):
+    pass
+
+
+@pytest.mark.parametrize("argv,seeds,methods,fixed", [
+    (["--reduced"], 1, ["lora", "loki"], True),
+    (["--reduced", "--seeds", "3"], 3, ["lora", "loki"], True),
+    (["--fixed-rates", "--methods", "lora", "dora", "loki"], 3, ["lora", "loki"], True),  # dora has no rate
+    ([], 3, ["lora", "dora", "pissa", "loki"], False),
+])
+def test_the_forms_of_the_run(fid, monkeypatch, tmp_path, capsys, argv, seeds, methods, fixed):
+    seen = {}
+
+    def run_all(args, say):
+        seen.update(seeds=args.seeds, methods=args.methods, fixed=args.reduced or args.fixed_rates)
+        raise _Ran
+
+    monkeypatch.setattr(fid, "run_all", run_all)
+    with pytest.raises(_Ran):
+        fid.main([*argv, "--out", str(tmp_path)])
+    assert seen == {"seeds": seeds, "methods": methods, "fixed": fixed}
+    if "dora" in argv:
+        assert "dora left out" in capsys.readouterr().out
+
+
+def test_fixed_rates_without_a_rate_for_any_method_is_refused(fid, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        fid.main(["--fixed-rates", "--methods", "dora", "pissa", "--out", str(tmp_path)])
+    assert info.value.code == 2

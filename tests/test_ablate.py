@@ -56,3 +56,40 @@ def test_strategy_ablation_and_mlp_profile_measure_against_the_base():
     assert [x["layer"] for x in profile["layers"]] == [0, 1, 2]
     assert all(x["scores"]["agreement"] < 1.0 for x in profile["layers"])  # a whole MLP always matters here
     assert "capability loss" in ablate.format_table(res)
+
+
+def _trace_setup():
+    from knowpack.facts.model import Fact
+    from knowpack.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", seed=2, vocab_size=len(tok), layers=3)
+    facts = [Fact(id=f"f{i}", question=f"Where was {name} born?", subject=name, answers=("x",))
+             for i, name in enumerate(["Alma Verno", "Bertil Quon", "Cato Ruhm"])]
+    facts.append(Fact(id="nosubj", question="Where was she born?", subject="Dana Wirt", answers=("x",)))
+    return model, tok, facts
+
+
+def test_causal_trace_without_noise_changes_nothing_and_skips_absent_subjects():
+    model, tok, facts = _trace_setup()
+    for state, positions in (("mlp", "last"), ("hidden", "all")):
+        res = ablate.causal_trace(model, tok, facts, noise_scale=0.0, noise_samples=2, state=state, positions=positions)
+        assert res["facts"] == 3 and res["skipped_subject_not_in_prompt"] == 1
+        assert abs(res["p_corrupted"]["mean"] - res["p_clean"]["mean"]) < 1e-6
+        assert all(abs(e["mean"]) < 1e-6 for e in res["indirect_effect_by_layer"])
+
+
+def test_causal_trace_restores_the_named_layer_only():
+    model, tok, facts = _trace_setup()
+    res = ablate.causal_trace(model, tok, facts[:3], noise_samples=3, state="mlp", positions="all", seed=1)
+    assert res["p_corrupted"]["mean"] != res["p_clean"]["mean"]  # the noise does corrupt
+    effect = [e["mean"] for e in res["indirect_effect_by_layer"]]
+    # the last layer's state at the subject is read by nothing downstream (only the last position's is):
+    # restoring it changes nothing, while restoring an earlier layer's does
+    assert effect[2] == 0.0 and effect[0] != 0.0 and effect[1] != 0.0
+    again = ablate.causal_trace(model, tok, facts[:3], noise_samples=3, state="mlp", positions="all", seed=1)
+    assert again["indirect_effect_by_layer"] == res["indirect_effect_by_layer"]  # seeded
+    # a layer whose MLP outputs zeros has nothing to restore: its indirect effect is exactly 0
+    with ablate.zeroed_mlp(model, 0):
+        zeroed = ablate.causal_trace(model, tok, facts[:3], noise_samples=3, state="mlp", positions="all", seed=1)
+    assert zeroed["indirect_effect_by_layer"][0]["mean"] == 0.0 and zeroed["indirect_effect_by_layer"][1]["mean"] != 0.0

@@ -59,6 +59,10 @@ def test_same_seed_same_weights_and_no_overwrite(world, tmp_path):
         build(tmp_path / "again")
 
 
+def profile_facts(props):
+    return props["mlp_profile"]["known_facts"]
+
+
 def test_world_check_measures_every_property_on_a_tiny_build(world, tmp_path, monkeypatch):
     import shutil
 
@@ -69,8 +73,10 @@ def test_world_check_measures_every_property_on_a_tiny_build(world, tmp_path, mo
     shutil.copytree(world, copy)
     said: list[str] = []
     props = check_world(copy, known_sample=20, zero_q=(5.0,), injection=False, say=said.append)
-    assert set(props) == {"slick", "breadth", "paraphrases", "general_capability", "mlp_profile", "loki_premise",
-                          "measured_seconds"}
+    assert set(props) == {"slick", "breadth", "paraphrases", "general_capability", "mlp_profile", "causal_trace",
+                          "loki_premise", "measured_seconds"}
+    trace = props["causal_trace"]
+    assert set(trace) >= {"mlp@last", "hidden@last", "mlp@all"} and trace["facts"] == profile_facts(props)
     facts = load_facts(copy / "facts.jsonl", "native")
     slick = props["slick"]
     assert slick["probed_facts"] == len(facts) == sum(slick["counts"].values())
@@ -88,7 +94,9 @@ def test_world_check_measures_every_property_on_a_tiny_build(world, tmp_path, mo
     assert set(premise["capability_loss_pct"]) == {"layer_balanced_highest", "layer_balanced_lowest", "random"}
     lo, hi = premise["highest_minus_lowest_correct"]["ci95"] or (0.0, 0.0)
     assert lo <= hi
-    for key in ("slick", "breadth", "paraphrases", "general_capability", "mlp_profile", "loki_premise"):
+    if not trace["facts"]:
+        assert trace["holds"] is False
+    for key in ("slick", "breadth", "paraphrases", "general_capability", "mlp_profile", "causal_trace", "loki_premise"):
         assert isinstance(props[key]["holds"], bool) and props[key]["target"], key
     written = json.loads((copy / "world.json").read_text())["properties"]
     assert written["slick"]["counts"] == slick["counts"] and written["mlp_profile"]["known_facts_relative_drop"] == \

@@ -494,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "world.json (and the measured properties, once `knowpack world check` ran).")
     p.set_defaults(func=cmd_world_info)
     p.add_argument("dir", nargs="?", help="world directory (default: the shipped world)")
-    check_help = ("measure whether a world behaves like a real LLM (categories, benchmarks, MLP profile, LoKI's "
-                  "premise, injection at matched reliability) and write the figures into its world.json")
+    check_help = ("measure whether a world behaves like a real LLM (categories, benchmarks, MLP profile, causal "
+                  "trace, LoKI's premise, injection at matched reliability) and write the figures into its world.json")
     p = wsub.add_parser("check", help=check_help, description=check_help[0].upper() + check_help[1:] + ".")
     p.set_defaults(func=cmd_world_check)
     p.add_argument("dir", nargs="?", help="world directory (default: the shipped world)")

@@ -36,7 +36,7 @@ TARGETS = {
     "relations": 20, "unknown_facts": 1000, "templates_per_relation": 12, "category_share": 0.10,
     "loki_ratio": 3.0, "injection_reliability": 0.95, "injection_negative_shift": 0.30,
     "injection_locality": 0.60, "injection_benchmark_drop": 0.15, "benchmark_margin": 0.25,
-    "mlp_single_layer_max_drop": 0.90, "mlp_middle_layer_min_drop": 0.20,
+    "mlp_single_layer_max_drop": 0.90, "mlp_middle_layer_min_drop": 0.20, "trace_middle_share": 0.10,
 }
 
 
@@ -137,6 +137,28 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
         and max(middle) >= TARGETS["mlp_middle_layer_min_drop"]}
     say("  MLP zeroed per layer, known facts lost: " + (", ".join(f"{x:.0%}" for x in known_drop) if known_drop
                                                           else "not measurable (the model knows none of its facts)"))
+    # the same question by causal tracing (ROME): which layer's state at the subject carries the answer
+    traces = {}
+    for state, positions in (("mlp", "last"), ("hidden", "last"), ("mlp", "all")):
+        t = ablate.causal_trace(model, tok, [facts[i] for i in known], state=state, positions=positions)
+        traces[f"{state}@{positions}"] = {k: v for k, v in t.items() if k != "per_fact"}
+    mlp_last = traces["mlp@last"]
+    effect = [e["mean"] for e in mlp_last["indirect_effect_by_layer"]]
+    total = (mlp_last["p_clean"]["mean"] - mlp_last["p_corrupted"]["mean"]) if mlp_last["facts"] else None
+    peak = max(range(len(effect)), key=lambda j: effect[j]) if effect and effect[0] is not None else None
+    props["causal_trace"] = {
+        **traces, "facts": mlp_last["facts"],
+        "target": "ROME's finding in real LLMs: the MLP state at the subject's last token matters most in a middle "
+                  f"layer; here: the largest indirect effect in a middle layer and >= {TARGETS['trace_middle_share']:.0%} "
+                  "of the total effect (p clean - p corrupted)",
+        "holds": bool(peak is not None and 0 < peak < len(effect) - 1 and total and total > 0
+                      and effect[peak] >= TARGETS["trace_middle_share"] * total)}
+    where = {"mlp@last": "MLP at the subject's last token", "hidden@last": "residual at the subject's last token",
+             "mlp@all": "MLP at every subject token"}
+    for name, t in traces.items():
+        if t["facts"]:
+            say(f"  causal trace, {where[name]}: p {t['p_clean']['mean']:.2f} clean, {t['p_corrupted']['mean']:.2f} "
+                "corrupted; indirect effect by layer " + ", ".join(f"{e['mean']:+.3f}" for e in t["indirect_effect_by_layer"]))
     scores = attribution_scores(cfg, model, tok, progress=True)
     premise = {}
     for q in zero_q:

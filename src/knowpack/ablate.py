@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from knowpack.evaluate import stats
 from knowpack.evaluate.metrics import benchmark_drop
 from knowpack.methods.loki import arch
 
@@ -259,13 +260,14 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
     For each fact's zero-shot prompt the subject's token embeddings are corrupted with Gaussian noise
     (standard deviation `noise_scale` times that of the embedding matrix, `noise_samples` draws, seeded);
     p is the probability of the clean run's next token (the answer's first token with text: a
-    whitespace-only first token is appended to the prompt) at the last position. For each layer l the corrupted run is repeated with layer l's MLP output at the
-    subject's last token put back to its clean value; the *indirect effect* of that MLP state is
+    whitespace-only first token is appended to the prompt) at the last position. For each layer l
+    the corrupted run is repeated with layer l's MLP output at the subject's last token put back to
+    its clean value; the *indirect effect* of that MLP state is
     p(restored l) - p(corrupted). Real LLMs show the largest effects at middle layers (ROME, Fig. 1).
     `state="hidden"` restores the layer's output (the residual stream) instead of its MLP output, and
     `positions="all"` every subject token instead of the last.
     Returns the mean clean / corrupted probability and the mean indirect effect per layer over the
-    facts whose subject is found in the prompt, each with its standard error.
+    facts whose subject is found in the prompt, each with its bootstrap 95% interval over the facts.
     """
     from knowpack.probe.prompts import zero_shot_prompt
 
@@ -295,8 +297,8 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
             def first(out):
                 return out[0] if isinstance(out, tuple) else out
 
-            clean_mlp: list[torch.Tensor] = [None] * n_layers  # type: ignore[list-item]
-            hooks = [d.register_forward_hook(lambda _m, _i, o, j=j: clean_mlp.__setitem__(j, first(o)[0, at].clone()))
+            clean: list[torch.Tensor] = [None] * n_layers  # type: ignore[list-item]
+            hooks = [d.register_forward_hook(lambda _m, _i, o, j=j: clean.__setitem__(j, first(o)[0, at].clone()))
                      for j, d in enumerate(sites)]
             try:
                 # the answer's first token that carries text: a tokenizer that writes the leading space
@@ -332,7 +334,7 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
                         return out
                     h = first(out).clone()
                     rows_sel = sel.nonzero().squeeze(1)
-                    h[rows_sel[:, None], at_t[None, :]] = clean_mlp[j].to(h.dtype)
+                    h[rows_sel[:, None], at_t[None, :]] = clean[j].to(h.dtype)
                     return (h, *out[1:]) if isinstance(out, tuple) else h
                 return hook
 
@@ -349,18 +351,14 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
     finally:
         model.train(was_training)
 
-    def mean_se(xs: list[float]) -> dict[str, float | None]:
-        if not xs:
-            return {"mean": None, "se": None}
-        m = sum(xs) / len(xs)
-        var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
-        return {"mean": m, "se": (var / len(xs)) ** 0.5}
+    def mean_ci(xs: list[float]) -> dict[str, Any]:
+        return {"mean": sum(xs) / len(xs) if xs else None, "ci95": stats.mean_interval(xs)["ci95"]}
 
     return {
         "facts": len(per_fact), "skipped_subject_not_in_prompt": skipped,
-        "p_clean": mean_se([f["p_clean"] for f in per_fact]),
-        "p_corrupted": mean_se([f["p_corrupted"] for f in per_fact]),
-        "indirect_effect_by_layer": [mean_se([f["indirect_effect"][j] for f in per_fact]) for j in range(n_layers)],
+        "p_clean": mean_ci([f["p_clean"] for f in per_fact]),
+        "p_corrupted": mean_ci([f["p_corrupted"] for f in per_fact]),
+        "indirect_effect_by_layer": [mean_ci([f["indirect_effect"][j] for f in per_fact]) for j in range(n_layers)],
         "settings": {"noise_samples": noise_samples, "noise_scale": noise_scale, "noise_sigma": sigma, "seed": seed,
                      "state": state, "positions": positions},
         "definition": f"{'MLP output' if state == 'mlp' else 'output (residual stream)'} of one layer at the "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from knowpack import ablate
@@ -72,7 +73,7 @@ def _trace_setup():
 
 def test_causal_trace_without_noise_changes_nothing_and_skips_absent_subjects():
     model, tok, facts = _trace_setup()
-    for state, positions in (("mlp", "last"), ("hidden", "all")):
+    for state, positions in (("mlp", "last"), ("hidden", "all"), ("attn", "end")):
         res = ablate.causal_trace(model, tok, facts, noise_scale=0.0, noise_samples=2, state=state, positions=positions)
         assert res["facts"] == 3 and res["skipped_subject_not_in_prompt"] == 1
         assert abs(res["p_corrupted"]["mean"] - res["p_clean"]["mean"]) < 1e-6
@@ -93,3 +94,21 @@ def test_causal_trace_restores_the_named_layer_only():
     with ablate.zeroed_mlp(model, 0):
         zeroed = ablate.causal_trace(model, tok, facts[:3], noise_samples=3, state="mlp", positions="all", seed=1)
     assert zeroed["indirect_effect_by_layer"][0]["mean"] == 0.0 and zeroed["indirect_effect_by_layer"][1]["mean"] != 0.0
+
+
+def test_causal_trace_at_the_prompt_end():
+    model, tok, facts = _trace_setup()
+    kw = dict(noise_samples=3, seed=1, positions="end")
+    hidden = ablate.causal_trace(model, tok, facts[:3], state="hidden", **kw)
+    # the last layer's output at the last position is what the logits are computed from: restoring it
+    # restores the clean prediction exactly, so its effect is the whole effect (p clean - p corrupted)
+    whole = [f["p_clean"] - f["p_corrupted"] for f in hidden["per_fact"]]
+    assert all(abs(f["indirect_effect"][-1] - w) < 1e-5 for f, w in zip(hidden["per_fact"], whole))
+    assert any(abs(w) > 1e-4 for w in whole)
+    # attention at the prompt's end is where the subject reaches the prediction: the first layer's attention
+    # there reads the corrupted subject, so restoring it has an effect
+    attn = ablate.causal_trace(model, tok, facts[:3], state="attn", **kw)
+    assert attn["indirect_effect_by_layer"][0]["mean"] != 0.0
+    assert "attention output" in attn["definition"] and "prompt's last token" in attn["definition"]
+    with pytest.raises(ValueError, match="positions"):
+        ablate.causal_trace(model, tok, facts[:1], state="attn", positions="first")

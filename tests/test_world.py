@@ -73,6 +73,19 @@ def test_ids_and_names_unique_one_object_per_subject_relation(default_world):
     assert max(firsts.values()) > 1 and max(surnames.values()) > 1
 
 
+def test_one_pool_of_name_words_makes_reversed_names_other_people():
+    w = generate_world(replace(SMALL, name_words=12))  # 56 people on 132 ordered pairs
+    people = {wf.fact.subject for wf in w.facts}
+    firsts, lasts = {p.split()[0] for p in people}, {p.split()[1] for p in people}
+    assert len(firsts | lasts) <= 12 and firsts & lasts  # one pool: words appear in both places
+    reversed_too = [p for p in people if " ".join(p.split()[::-1]) in people]
+    assert reversed_too and all(p.split()[0] != p.split()[1] for p in people)
+    again = generate_world(replace(SMALL, name_words=12))  # seeded
+    assert [wf.fact.to_dict() for wf in again.facts] == [wf.fact.to_dict() for wf in w.facts]
+    with pytest.raises(ValueError, match="name words"):
+        replace(SMALL, name_words=10)  # 56 people need 112 ordered pairs, 10 words give 90
+
+
 def test_no_answer_contains_another_answer(default_world):
     """Containment matching must never count a different answer as correct."""
     answers = sorted({a for pool in default_world.pools.values() for a in pool})

@@ -252,6 +252,10 @@ def _subject_positions(tok: Any, text: str, subject: str, special: bool) -> tupl
     return (list(enc["input_ids"]), pos) if pos else None
 
 
+STATE_WORDS = {"mlp": "MLP output", "hidden": "output (residual stream)", "attn": "attention output"}
+POSITION_WORDS = {"last": "the subject's last token", "all": "the subject's tokens", "end": "the prompt's last token"}
+
+
 @torch.no_grad()
 def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: int = 5, noise_scale: float = 3.0,
                  seed: int = 0, state: str = "mlp", positions: str = "last") -> dict[str, Any]:
@@ -264,17 +268,21 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
     the corrupted run is repeated with layer l's MLP output at the subject's last token put back to
     its clean value; the *indirect effect* of that MLP state is
     p(restored l) - p(corrupted). Real LLMs show the largest effects at middle layers (ROME, Fig. 1).
-    `state="hidden"` restores the layer's output (the residual stream) instead of its MLP output, and
-    `positions="all"` every subject token instead of the last.
+    `state="hidden"` restores the layer's output (the residual stream) instead of its MLP output,
+    `state="attn"` its attention output; `positions="all"` restores every subject token instead of the
+    last, `positions="end"` the prompt's last token (where the answer is read: ROME's "late site",
+    the attention that carries the subject to the prediction).
     Returns the mean clean / corrupted probability and the mean indirect effect per layer over the
     facts whose subject is found in the prompt, each with its bootstrap 95% interval over the facts.
     """
     from knowpack.probe.prompts import zero_shot_prompt
 
-    if state not in ("mlp", "hidden") or positions not in ("last", "all"):
-        raise ValueError(f"state must be 'mlp' or 'hidden' and positions 'last' or 'all', got {state!r}, {positions!r}")
+    if state not in ("mlp", "hidden", "attn") or positions not in ("last", "all", "end"):
+        raise ValueError(f"state must be 'mlp', 'hidden' or 'attn' and positions 'last', 'all' or 'end', "
+                         f"got {state!r}, {positions!r}")
     downs = arch.down_projs(model)
-    sites = downs if state == "mlp" else list(arch.decoder_parts(model).layers)
+    layers = list(arch.decoder_parts(model).layers)
+    sites = {"mlp": downs, "hidden": layers, "attn": [layer.self_attn for layer in layers]}[state]
     embed = model.get_input_embeddings()
     device = embed.weight.device
     sigma = noise_scale * float(embed.weight.float().std())
@@ -292,7 +300,8 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
                 skipped += 1
                 continue
             ids, subj = found
-            at = subj[-1:] if positions == "last" else subj
+            # "end" is the prompt's last position, known once the answer's first token is found below
+            at: list[int] | slice = subj[-1:] if positions == "last" else subj if positions == "all" else slice(-1, None)
 
             def first(out):
                 return out[0] if isinstance(out, tuple) else out
@@ -313,6 +322,8 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
                 for h in hooks:
                     h.remove()
             p_clean = float(torch.softmax(logits, -1)[target])
+            if positions == "end":
+                at = [len(ids) - 1]
             # rows: per noise sample, one corrupted row and one row per restored layer
             rows = noise_samples * (1 + n_layers)
             noise = torch.randn(noise_samples, len(subj), embed.weight.shape[1], generator=gen) * sigma
@@ -361,8 +372,7 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
         "indirect_effect_by_layer": [mean_ci([f["indirect_effect"][j] for f in per_fact]) for j in range(n_layers)],
         "settings": {"noise_samples": noise_samples, "noise_scale": noise_scale, "noise_sigma": sigma, "seed": seed,
                      "state": state, "positions": positions},
-        "definition": f"{'MLP output' if state == 'mlp' else 'output (residual stream)'} of one layer at the "
-                      f"subject's {'last token' if positions == 'last' else 'tokens'} restored to its clean value in a "
+        "definition": f"{STATE_WORDS[state]} of one layer at {POSITION_WORDS[positions]} restored to its clean value in a "
                       "run whose subject embeddings carry Gaussian noise; indirect effect = p(answer's first token, "
                       "restored) - p(corrupted), mean over facts (ROME's causal tracing)",
         "per_fact": per_fact,

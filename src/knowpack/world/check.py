@@ -139,7 +139,7 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
                                                           else "not measurable (the model knows none of its facts)"))
     # the same question by causal tracing (ROME): which layer's state at the subject carries the answer
     traces = {}
-    for state, positions in (("mlp", "last"), ("hidden", "last"), ("mlp", "all")):
+    for state, positions in (("mlp", "last"), ("hidden", "last"), ("mlp", "all"), ("attn", "end")):
         t = ablate.causal_trace(model, tok, [facts[i] for i in known], state=state, positions=positions)
         traces[f"{state}@{positions}"] = {k: v for k, v in t.items() if k != "per_fact"}
     mlp_last = traces["mlp@last"]
@@ -154,7 +154,7 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
         "holds": bool(peak is not None and 0 < peak < len(effect) - 1 and total and total > 0
                       and effect[peak] >= TARGETS["trace_middle_share"] * total)}
     where = {"mlp@last": "MLP at the subject's last token", "hidden@last": "residual at the subject's last token",
-             "mlp@all": "MLP at every subject token"}
+             "mlp@all": "MLP at every subject token", "attn@end": "attention at the prompt's last token"}
     for name, t in traces.items():
         if t["facts"]:
             say(f"  causal trace, {where[name]}: p {t['p_clean']['mean']:.2f} clean, {t['p_corrupted']['mean']:.2f} "

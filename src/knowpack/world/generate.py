@@ -97,6 +97,10 @@ class WorldConfig:
     head_min_mentions: int = 40  # facts mentioned at least this often are "head", never: "tail"
     n_first_names: int = 60
     n_surnames: int = 90
+    # 0: first names and surnames are separate pools (the two above). N > 0: one pool of N name words, each
+    # both a first name and a surname, so a name's reversal can be another person ("Kalo Mire", "Mire Kalo",
+    # as "Thomas Paul" and "Paul Thomas"): the same tokens in another order, told apart only by their order
+    name_words: int = 0
     n_reference_people: int = 60  # known people outside facts.jsonl: the MC benchmark's and KVA's source
     reference_rate: float = 1.4
     mc_share: float = 0.5  # share of reference facts in the MC benchmark; the rest are attribution prompts
@@ -126,7 +130,10 @@ class WorldConfig:
         if not 1 <= self.relations_per_person <= len(RELATIONS):
             problems.append(f"relations_per_person must be 1..{len(RELATIONS)}, got {self.relations_per_person}")
         people = self.n_people + self.n_reference_people + self.n_refusal_people
-        if people * 2 > self.n_first_names * self.n_surnames:
+        if self.name_words and people * 2 > self.name_words * (self.name_words - 1):
+            problems.append(f"{people} people need more name pairs than {self.name_words} name words leave room for "
+                            f"({self.name_words * (self.name_words - 1)} ordered pairs; at least twice the people)")
+        elif not self.name_words and people * 2 > self.n_first_names * self.n_surnames:
             problems.append(f"{people} people need more name pairs than {self.n_first_names} first names x "
                             f"{self.n_surnames} surnames leave room for")
         if problems:
@@ -407,7 +414,13 @@ def _make_pools(cfg: WorldConfig, rng: random.Random) -> tuple[dict[str, list[st
 
 
 def _draw_names(cfg: WorldConfig, names: _Names, rng: random.Random) -> list[str]:
-    """Every distinct (first name, surname) pair, shuffled: first names and surnames each recur."""
+    """Every distinct (first name, surname) pair, shuffled: first names and surnames each recur. With
+    `name_words`, every ordered pair of distinct words from one pool."""
+    if cfg.name_words:
+        words = [names.draw(lambda: names.stem((2,)).capitalize()) for _ in range(cfg.name_words)]
+        pairs = [f"{a} {b}" for a, b in itertools.permutations(words, 2)]
+        rng.shuffle(pairs)
+        return pairs
     firsts = [names.draw(lambda: names.stem((2,)).capitalize()) for _ in range(cfg.n_first_names)]
     surnames = [names.draw(lambda: names.stem((2,)).capitalize()) for _ in range(cfg.n_surnames)]
     pairs = [f"{a} {b}" for a, b in itertools.product(firsts, surnames)]

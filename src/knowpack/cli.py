@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = wsub.add_parser("build", help="generate the world and pretrain its tiny base model (minutes on a CPU)",
                         description="Generate the synthetic world (people, 24 relations, popularity tiers, noisy facts, "
                                     "refusals, skill benchmarks) and pretrain its base model on CPU, reproducibly; "
-                                    "about 25 minutes on 2 cores for the default world.")
+                                    "about 30 minutes on 2 cores for the default world.")
     p.set_defaults(func=cmd_world_build)
     p.add_argument("--out", required=True, help="directory to write model/, facts.jsonl, benchmarks/, world.json")
     p.add_argument("--seed", type=int, default=0, help="world and pretraining seed (default 0)")

@@ -112,3 +112,24 @@ def test_causal_trace_at_the_prompt_end():
     assert "attention output" in attn["definition"] and "prompt's last token" in attn["definition"]
     with pytest.raises(ValueError, match="positions"):
         ablate.causal_trace(model, tok, facts[:1], state="attn", positions="first")
+
+
+def test_causal_trace_runs_on_a_decoder_outside_the_fast_kva_path():
+    """Tracing needs only decoder layers with an MLP: a Qwen3 model (not one of the fast KVA path's
+    architectures) is traced at every state, and restoring its last layer at the end is the whole effect."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from knowpack.models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(Qwen3Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16)).eval()
+    assert arch.model_type(model) not in arch.SUPPORTED_ARCHS
+    _, _, facts = _trace_setup()
+    for state in ("mlp", "attn"):
+        res = ablate.causal_trace(model, tok, facts[:3], noise_samples=2, state=state, positions="all")
+        assert res["facts"] == 3 and len(res["indirect_effect_by_layer"]) == 2
+    end = ablate.causal_trace(model, tok, facts[:3], noise_samples=2, state="hidden", positions="end")
+    assert all(abs(f["indirect_effect"][-1] - (f["p_clean"] - f["p_corrupted"])) < 1e-5 for f in end["per_fact"])

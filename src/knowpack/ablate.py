@@ -252,6 +252,11 @@ def _subject_positions(tok: Any, text: str, subject: str, special: bool) -> tupl
     return (list(enc["input_ids"]), pos) if pos else None
 
 
+def _first(out: Any) -> torch.Tensor:
+    """A module's output tensor (decoder layers and attention return tuples)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 STATE_WORDS = {"mlp": "MLP output", "hidden": "output (residual stream)", "attn": "attention output"}
 POSITION_WORDS = {"last": "the subject's last token", "all": "the subject's tokens", "end": "the prompt's last token"}
 
@@ -280,13 +285,14 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
     if state not in ("mlp", "hidden", "attn") or positions not in ("last", "all", "end"):
         raise ValueError(f"state must be 'mlp', 'hidden' or 'attn' and positions 'last', 'all' or 'end', "
                          f"got {state!r}, {positions!r}")
-    downs = arch.down_projs(model)
-    layers = list(arch.decoder_parts(model).layers)
-    sites = {"mlp": downs, "hidden": layers, "attn": [layer.self_attn for layer in layers]}[state]
+    # any decoder with an `mlp.down_proj` per layer (not only the fast KVA path's architectures)
+    layers = list(arch.decoder_layers(model))
+    sites = {"mlp": [layer.mlp.down_proj for layer in layers], "hidden": layers,
+             "attn": [layer.self_attn for layer in layers]}[state]
     embed = model.get_input_embeddings()
     device = embed.weight.device
     sigma = noise_scale * float(embed.weight.float().std())
-    n_layers = len(downs)
+    n_layers = len(layers)
     gen = torch.Generator().manual_seed(seed)
     per_fact: list[dict[str, Any]] = []
     skipped = 0
@@ -302,12 +308,8 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
             ids, subj = found
             # "end" is the prompt's last position, known once the answer's first token is found below
             at: list[int] | slice = subj[-1:] if positions == "last" else subj if positions == "all" else slice(-1, None)
-
-            def first(out):
-                return out[0] if isinstance(out, tuple) else out
-
             clean: list[torch.Tensor] = [None] * n_layers  # type: ignore[list-item]
-            hooks = [d.register_forward_hook(lambda _m, _i, o, j=j: clean.__setitem__(j, first(o)[0, at].clone()))
+            hooks = [d.register_forward_hook(lambda _m, _i, o, j=j: clean.__setitem__(j, _first(o)[0, at].clone()))
                      for j, d in enumerate(sites)]
             try:
                 # the answer's first token that carries text: a tokenizer that writes the leading space
@@ -343,7 +345,7 @@ def causal_trace(model: Any, tok: Any, facts: Sequence[Any], *, noise_samples: i
                     sel = restore == j
                     if not bool(sel.any()):
                         return out
-                    h = first(out).clone()
+                    h = _first(out).clone()
                     rows_sel = sel.nonzero().squeeze(1)
                     h[rows_sel[:, None], at_t[None, :]] = clean[j].to(h.dtype)
                     return (h, *out[1:]) if isinstance(out, tuple) else h

@@ -153,11 +153,10 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
                   "of the total effect (p clean - p corrupted)",
         "holds": bool(peak is not None and 0 < peak < len(effect) - 1 and total and total > 0
                       and effect[peak] >= TARGETS["trace_middle_share"] * total)}
-    where = {"mlp@last": "MLP at the subject's last token", "hidden@last": "residual at the subject's last token",
-             "mlp@all": "MLP at every subject token", "attn@end": "attention at the prompt's last token"}
-    for name, t in traces.items():
+    for t in traces.values():
         if t["facts"]:
-            say(f"  causal trace, {where[name]}: p {t['p_clean']['mean']:.2f} clean, {t['p_corrupted']['mean']:.2f} "
+            where = f"{ablate.STATE_WORDS[t['settings']['state']]} at {ablate.POSITION_WORDS[t['settings']['positions']]}"
+            say(f"  causal trace, {where}: p {t['p_clean']['mean']:.2f} clean, {t['p_corrupted']['mean']:.2f} "
                 "corrupted; indirect effect by layer " + ", ".join(f"{e['mean']:+.3f}" for e in t["indirect_effect_by_layer"]))
     scores = attribution_scores(cfg, model, tok, progress=True)
     premise = {}

@@ -278,6 +278,15 @@ def test_shipped_world_files_match_the_contract(shipped):
     assert all(share >= 0.10 for share in props["slick"]["shares"].values())
 
 
+def test_chance_levels_are_those_of_guessing_among_the_offered_answers():
+    from knowpack.world.build import chance_level
+
+    assert chance_level("mc") == 0.25 and chance_level("comparison") == 0.5  # 4 choices; 2 numbers named
+    assert chance_level("reading", {"reading_facts": 3}) == pytest.approx(1 / 3)
+    assert chance_level("reading") == 1 / WorldConfig().reading_facts
+    assert chance_level("arithmetic") == 0.0 == chance_level("known_facts")  # open answers
+
+
 def test_shipped_world_matches_its_generator(shipped, tmp_path):
     """The committed data files are, byte for byte, what the generator writes for the recorded settings."""
     from knowpack.world.build import FILES, write_world_data

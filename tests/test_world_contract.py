@@ -80,6 +80,8 @@ def test_world_check_measures_every_property_on_a_tiny_build(world, tmp_path, mo
     assert sum(slick["shares"].values()) == pytest.approx(1.0)
     assert props["breadth"]["relations"] == len({f.relation for f in facts})
     assert props["breadth"]["holds"] is False  # 16 people cannot give 1,000 Unknown facts
+    capability = props["general_capability"]
+    assert {name: b["chance"] for name, b in capability["benchmarks"].items()} == {"mc": 0.25, "arithmetic": 0.0}
     profile = props["mlp_profile"]
     assert profile["known_facts"] == min(20, slick["counts"]["HighlyKnown"])
     if profile["known_facts"]:

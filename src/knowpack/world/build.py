@@ -55,6 +55,19 @@ FILES = {"model": "model", "facts": "facts.jsonl", "refusal": "refusal.jsonl", "
 REFUSAL_MARKERS = ("i dont know", "i do not know")
 
 
+def chance_level(benchmark: str, world_settings: dict[str, Any] | None = None) -> float:
+    """The accuracy of guessing on one of the world's benchmarks: 1 of the 4 MC choices, 1 of the 2
+    numbers a comparison names, 1 of the `reading_facts` answers a reading item states; 0 for open
+    answers (additions, fact recall), where a guess is almost never right."""
+    if benchmark == "mc":
+        return 0.25
+    if benchmark == "comparison":
+        return 0.5
+    if benchmark == "reading":
+        return 1.0 / int((world_settings or {}).get("reading_facts") or WorldConfig().reading_facts)
+    return 0.0
+
+
 def default_world_dir() -> Path:
     """The world shipped inside the package (`src/knowpack/data/world`)."""
     return Path(__file__).resolve().parent.parent / "data" / "world"
@@ -153,7 +166,7 @@ def evaluate_world(model, tokenizer, world: World) -> dict[str, Any]:
         "reference_facts": _share(ref_ok),
         "mc": round(mc_continuation["accuracy"], 4),
         "mc_letter": round(mc_letter["accuracy"], 4),
-        "mc_chance": 0.25,
+        "mc_chance": chance_level("mc"),
         **skills,
         "arithmetic_pretrain_pairs": _share(arith_train),
         "refusal_rate": _share(refused),

@@ -70,6 +70,7 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
     from knowpack.facts import load_facts
     from knowpack.models import load_model
     from knowpack.runs import attribution_scores, cached_probe, probe_facts_of
+    from knowpack.world.build import chance_level
 
     world = Path(world)
     info = read_json(world / "world.json")
@@ -112,10 +113,11 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
 
     scorer = ablate.Scorer(cfg, tok, resolve_benchmarks(cfg.eval, cfg.model, None), facts, known)
     base = scorer(model)
-    chance = {name: 0.25 if name == "mc" else 0.0 for name in base}
+    world_settings = info.get("settings", {}).get("world")
+    chance = {name: chance_level(name, world_settings) for name in base}
     props["general_capability"] = {
-        "benchmarks": {k: {"accuracy": v["accuracy"], "n": len(v["correct"])} for k, v in base.items()
-                       if k != "known_facts"},
+        "benchmarks": {k: {"accuracy": v["accuracy"], "n": len(v["correct"]), "chance": chance[k]}
+                       for k, v in base.items() if k != "known_facts"},
         "target": f"at least 3 skill benchmarks besides fact recall, each >= chance + {TARGETS['benchmark_margin']}",
         "holds": sum(v["accuracy"] >= chance[k] + TARGETS["benchmark_margin"] for k, v in base.items()
                      if k not in ("known_facts", "mc")) >= 3}

@@ -120,8 +120,35 @@ def run_all(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, A
                        on_point=lambda i, k, p, s: say(f"  [{i}/{k}] {p.id}") if s == "running" else None)
 
     say(f"zeroing ablation at q = {args.zero_q:g}%")
-    ablation = run_ablation(run_cfg, out / "ablate", q=args.zero_q, known=args.known, progress=False)
+    ablation = cached_ablation(run_cfg, out / "ablate", args.zero_q, args.known, say, run=run_ablation)
     return {"compare": table, "curve": curve, "ablation": ablation, "seeds": seeds}
+
+
+ABLATION_KEY = "fidelity_key.json"
+
+
+def ablation_key(run_cfg: Any, q: float, known: int) -> dict[str, Any]:
+    """What the zeroing ablation depends on: the run settings (model, facts, evaluation, LoKI), q and the
+    known-fact sample size; seeds do not enter it (one model, the base)."""
+    from knowpack.config import config_hash
+
+    return {"config": config_hash(run_cfg), "q": q, "known": known}
+
+
+def cached_ablation(run_cfg: Any, out: Path, q: float, known: int, say: Callable[[str], None], *,
+                    run: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """The ablation's result, reused from `out/ablation.json` when its key file says it ran with these
+    settings. The key is written after the result, so an ablation cut short is run again."""
+    key = ablation_key(run_cfg, q, known)
+    key_path, result_path = out / ABLATION_KEY, out / "ablation.json"
+    if key_path.exists() and result_path.exists() and json.loads(key_path.read_text()) == key:
+        say(f"  reusing {result_path} (same settings)")
+        return json.loads(result_path.read_text())
+    result = run(run_cfg, out, q=q, known=known, progress=False)
+    from knowpack.io import write_json
+
+    write_json(key_path, key)
+    return result
 
 
 # --- the findings ------------------------------------------------------------------------------

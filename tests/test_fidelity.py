@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import bench_module
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +84,26 @@ class _Ran(Exception):
     pass
 
 
+def _config_rating(tmp_path, rates: dict) -> str:
+    """The shipped fidelity config with only `rates` as its fixed rates."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "configs" / "fidelity-world.yaml").read_text())
+    data["rates"] = rates
+    path = tmp_path / "fidelity.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
 @pytest.mark.parametrize("argv,seeds,methods,fixed", [
     (["--reduced"], 1, ["lora", "loki"], True),
     (["--reduced", "--seeds", "3"], 3, ["lora", "loki"], True),
-    (["--fixed-rates", "--methods", "lora", "dora", "loki"], 3, ["lora", "loki"], True),  # dora has no rate
+    (["--fixed-rates", "--methods", "lora", "dora", "loki"], 3, ["lora", "loki"], True),  # dora has no rate here
     ([], 3, ["lora", "dora", "pissa", "loki"], False),
 ])
 def test_the_forms_of_the_run(fid, monkeypatch, tmp_path, capsys, argv, seeds, methods, fixed):
     seen = {}
+    config = _config_rating(tmp_path, {"lora": 3e-3, "loki": 1e-2})
 
     def run_all(args, say):
         seen.update(seeds=args.seeds, methods=args.methods, fixed=args.reduced or args.fixed_rates)
@@ -95,13 +111,50 @@ def test_the_forms_of_the_run(fid, monkeypatch, tmp_path, capsys, argv, seeds, m
 
     monkeypatch.setattr(fid, "run_all", run_all)
     with pytest.raises(_Ran):
-        fid.main([*argv, "--out", str(tmp_path)])
+        fid.main([*argv, "--config", config, "--out", str(tmp_path / "out")])
     assert seen == {"seeds": seeds, "methods": methods, "fixed": fixed}
     if "dora" in argv:
         assert "dora left out" in capsys.readouterr().out
 
 
-def test_fixed_rates_without_a_rate_for_any_method_is_refused(fid, tmp_path):
+def test_fixed_rates_without_a_rate_for_any_method_is_refused(fid, tmp_path, monkeypatch):
+    monkeypatch.setattr(fid, "run_all", lambda args, say: pytest.fail("ran without a rate"))
+    config = _config_rating(tmp_path, {"lora": 3e-3, "loki": 1e-2})
     with pytest.raises(SystemExit) as info:
-        fid.main(["--fixed-rates", "--methods", "dora", "pissa", "--out", str(tmp_path)])
+        fid.main(["--fixed-rates", "--config", config, "--methods", "dora", "pissa", "--out", str(tmp_path / "out")])
     assert info.value.code == 2
+
+
+def test_the_shipped_config_fixes_a_rate_for_every_compared_method():
+    import yaml
+
+    rates = yaml.safe_load((ROOT / "configs" / "fidelity-world.yaml").read_text())["rates"]
+    assert set(rates) == {"lora", "dora", "pissa", "loki"} and all(r > 0 for r in rates.values())
+
+
+def test_the_ablation_is_reused_only_when_it_ran_with_the_same_settings(fid, tmp_path):
+    import json
+
+    from knowpack.config import load_config
+    from knowpack.runs import RunConfig
+
+    calls = []
+
+    def run(cfg, out, *, q, known, progress):  # writes its result as run_ablation does
+        calls.append((q, known))
+        out.mkdir(parents=True, exist_ok=True)
+        result = {"q": q, "strategies": {"random": _strategy(1.0, [1, 0])}}
+        (out / "ablation.json").write_text(json.dumps(result))
+        return result
+
+    cfg = load_config(RunConfig, data={"model": "world", "facts": "world"})
+    said: list[str] = []
+    first = fid.cached_ablation(cfg, tmp_path, 1.0, 300, said.append, run=run)
+    again = fid.cached_ablation(cfg, tmp_path, 1.0, 300, said.append, run=run)
+    assert calls == [(1.0, 300)] and again == first and any("reusing" in s for s in said)
+    fid.cached_ablation(cfg, tmp_path, 5.0, 300, said.append, run=run)  # another q: run again
+    other = load_config(RunConfig, data={"model": "world", "facts": "world", "seed": 1})
+    fid.cached_ablation(other, tmp_path, 5.0, 300, said.append, run=run)  # other settings: run again
+    (tmp_path / fid.ABLATION_KEY).unlink()  # cut short before its key was written: run again
+    fid.cached_ablation(other, tmp_path, 5.0, 300, said.append, run=run)
+    assert calls == [(1.0, 300), (5.0, 300), (5.0, 300), (5.0, 300)]

@@ -8,8 +8,10 @@
 Every finding is measured on the world with the tool's own commands, cached and resumable under
 `--out` (default runs/fidelity): a matched comparison (knowpack compare: LoRA plain, +10 HighlyKnown,
 +10 paraphrases, DoRA, PiSSA, LoKI with its controls, every point trained to one zero-shot reliability
-target at a searched learning rate), a capacity curve (LoRA at growing numbers of Unknown facts, one
-fixed training budget per fact, as the paper's grid), and the zeroing ablation (knowpack ablate).
+target at a searched learning rate), a capacity curve (LoRA at growing numbers of Unknown facts, each
+trained to the same target within a budget that grows with the fact count: `--curve-epochs` passes over
+the facts, at least `--curve-min-steps` steps; a size that cannot reach the target in its budget is
+where the curve falls), and the zeroing ablation (knowpack ablate).
 
 Verdicts compare two figures per seed (paired by seed): the mean difference with a Student t 95%
 interval over seeds; "holds" when the interval lies on the paper's side of zero, "does not hold"
@@ -77,6 +79,13 @@ def compare_config(base: dict[str, Any], seeds: list[int], target: float, max_st
                         "lr_search": not rates, **({"lrs": lrs} if lrs and not rates else {})}}
 
 
+def curve_steps(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """The capacity curve's step cap for n facts: `epochs` passes over them, at least `min_steps`. A fixed
+    number of epochs alone gives few facts too few steps to learn anything (10 facts, 40 epochs: 25 steps),
+    which would read as a curve rising with size instead of a capacity."""
+    return max(min_steps, epochs * math.ceil(n / batch_size))
+
+
 def run_all(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     from knowpack.ablate import run_ablation
     from knowpack.compare import run_compare
@@ -107,17 +116,25 @@ def run_all(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, A
     say(f"matched comparison ({', '.join(args.methods)}; +10 HighlyKnown, +10 paraphrases; {len(seeds)} seed(s))")
     table = run_compare(cfg_path, out / "compare", say=say)
 
-    say(f"capacity curve: LoRA at n_unknown = {', '.join(map(str, args.sizes))}")
     run_cfg = load_config(RunConfig, data=base)
-    budget = [f"train.epochs={args.curve_epochs}", "train.early_stopping.enabled=false"]
     curve_points = []
     for n in args.sizes:
+        steps = curve_steps(n, run_cfg.train.batch_size, args.curve_epochs, args.curve_min_steps)
+        budget = ["train.epochs=1000000", f"train.max_steps={steps}", "train.early_stopping.enabled=true",
+                  f"train.early_stopping.reliability={args.target}", "train.early_stopping.max_retention_drop=1.0"]
         for seed in seeds:
             cfg = load_config(RunConfig, data=base, overrides=[*budget, f"compose.n_unknown={n}", f"seed={seed}",
                                                                "train.method=lora"])
-            curve_points.append(GridPoint(f"n={n}-seed={seed}", {"n_unknown": n, "seed": seed}, cfg))
-    curve = run_points(curve_points, out / "curve",
-                       on_point=lambda i, k, p, s: say(f"  [{i}/{k}] {p.id}") if s == "running" else None)
+            curve_points.append(GridPoint(f"n={n}-seed={seed}", {"n_unknown": n, "seed": seed, "max_steps": steps},
+                                          cfg))
+    if curve_points:
+        say(f"capacity curve: LoRA at n_unknown = {', '.join(map(str, args.sizes))}, each to zero-shot reliability "
+            f">= {args.target:.0%} within {args.curve_epochs} epochs (at least {args.curve_min_steps} steps)")
+        curve = run_points(curve_points, out / "curve",
+                           on_point=lambda i, k, p, s: say(f"  [{i}/{k}] {p.id}") if s == "running" else None)
+    else:
+        say("capacity curve: no sizes given (--sizes), not measured")
+        curve = []
 
     say(f"zeroing ablation at q = {args.zero_q:g}%")
     ablation = cached_ablation(run_cfg, out / "ablate", args.zero_q, args.known, say, run=run_ablation)
@@ -213,7 +230,7 @@ def findings(results: dict[str, Any], records: list[dict[str, Any]], target: flo
         lo, hi = curve[sizes[0]], curve[sizes[-1]]
         k = min(len(lo), len(hi))
         rows.append(row("capacity", "reliability stays near 1 for few Unknown facts and falls beyond some number",
-                        "zero-shot reliability by n_unknown (fixed epochs): " + ", ".join(cells),
+                        "zero-shot reliability by n_unknown (each trained to the target within its budget): " + ", ".join(cells),
                         [a - b for a, b in zip(lo[:k], hi[:k])]))
     # shifts
     neg, pos = fig(plain, "negative_shift"), fig(plain, "positive_shift")
@@ -296,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=1500)
     p.add_argument("--methods", nargs="+", default=["lora", "dora", "pissa", "loki"])
     p.add_argument("--lrs", help="candidate rates per method as JSON (default: the config's compare rates)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 200, 500, 1000])
-    p.add_argument("--curve-epochs", type=int, default=40, help="fixed budget of the capacity curve")
+    p.add_argument("--sizes", type=int, nargs="*", default=[10, 50, 200, 500, 1000],
+                   help="Unknown-fact counts of the capacity curve (none: no curve)")
+    p.add_argument("--curve-epochs", type=int, default=40, help="the capacity curve's budget: passes over the facts")
+    p.add_argument("--curve-min-steps", type=int, default=1500,
+                   help="the capacity curve's budget: at least this many steps (the comparison's cap)")
     p.add_argument("--zero-q", type=float, default=1.0)
     p.add_argument("--known", type=int, default=300)
     p.add_argument("--reduced", action="store_true", help="1 seed, 12 facts, LoRA and LoKI at the config's fixed rates")
@@ -309,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reduced:  # 1 seed, LoRA and LoKI at the config's `rates`, 12 facts, a short curve: minutes
         args.seeds, args.sizes, args.methods = args.seeds or 1, [5, 20], ["lora", "loki"]
         args.target, args.max_steps, args.known, args.zero_q, args.curve_epochs = 0.9, 600, 100, 5.0, 150
+        args.curve_min_steps = min(args.curve_min_steps, args.max_steps)
         args.override = ["compose.n_unknown=12", "compose.eval_size=30", "compose.retention_size=20",
                          "eval.limit=60", *args.override]
     args.seeds = args.seeds or 3

@@ -158,3 +158,10 @@ def test_the_ablation_is_reused_only_when_it_ran_with_the_same_settings(fid, tmp
     (tmp_path / fid.ABLATION_KEY).unlink()  # cut short before its key was written: run again
     fid.cached_ablation(other, tmp_path, 5.0, 300, said.append, run=run)
     assert calls == [(1.0, 300), (5.0, 300), (5.0, 300), (5.0, 300)]
+
+
+def test_the_capacity_curve_gives_every_size_a_budget_it_can_learn_in(fid):
+    # 40 passes over 10 facts in batches of 16 would be 40 steps; the floor is the comparison's cap
+    assert fid.curve_steps(10, 16, 40, 1500) == 1500
+    assert fid.curve_steps(1000, 16, 40, 1500) == 40 * 63  # beyond the floor the budget grows with the facts
+    assert fid.curve_steps(17, 16, 40, 0) == 80

@@ -165,3 +165,29 @@ def test_the_capacity_curve_gives_every_size_a_budget_it_can_learn_in(fid):
     assert fid.curve_steps(10, 16, 40, 1500) == 1500
     assert fid.curve_steps(1000, 16, 40, 1500) == 40 * 63  # beyond the floor the budget grows with the facts
     assert fid.curve_steps(17, 16, 40, 0) == 80
+
+
+def test_the_curve_points_train_to_the_target_within_their_budget(fid, tmp_path, monkeypatch):
+    import argparse
+
+    import knowpack.ablate
+    import knowpack.compare
+    import knowpack.sweep
+
+    ran = {}
+    monkeypatch.setattr(knowpack.compare, "run_compare", lambda *a, **k: {"rows": []})
+    monkeypatch.setattr(knowpack.ablate, "run_ablation", lambda *a, **k: {"strategies": {}})
+    monkeypatch.setattr(knowpack.sweep, "run_points", lambda points, out, **k: ran.setdefault("points", points))
+    args = argparse.Namespace(out=str(tmp_path / "out"), config=_config_rating(tmp_path, {"lora": 3e-3}), seeds=2,
+                              target=0.9, max_steps=600, methods=["lora"], lrs=None, sizes=[10, 1000],
+                              curve_epochs=40, curve_min_steps=1500, zero_q=1.0, known=300, reduced=False,
+                              fixed_rates=True, override=[])
+    fid.run_all(args, lambda s: None)
+    points = ran["points"]
+    assert [p.id for p in points] == ["n=10-seed=0", "n=10-seed=1", "n=1000-seed=0", "n=1000-seed=1"]
+    for p in points:
+        cfg, n = p.config, p.overrides["n_unknown"]
+        assert cfg.compose.n_unknown == n and cfg.seed == p.overrides["seed"] and cfg.train.method == "lora"
+        assert cfg.train.max_steps == p.overrides["max_steps"] == (1500 if n == 10 else 40 * 63)
+        assert cfg.train.early_stopping.enabled and cfg.train.early_stopping.reliability == 0.9
+        assert cfg.train.epochs >= 10 ** 6  # the step cap, not an epoch count, ends a run that misses the target

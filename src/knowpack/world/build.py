@@ -36,7 +36,7 @@ from knowpack.evaluate.mc import score_mc
 from knowpack.io import write_json, write_jsonl, write_text
 from knowpack.models import DTYPES, output_cache, save_tokenizer, with_cache
 from knowpack.world.corpus import epoch_documents
-from knowpack.world.generate import (RELATIONS, World, WorldConfig, bucket_of, generate_world,
+from knowpack.world.generate import (MC_CHOICES, RELATIONS, World, WorldConfig, bucket_of, generate_world,
                                      normalize, syllables)
 from knowpack.world.pretrain import PretrainConfig, deterministic_cpu, pretrain, tokenizer_texts, train_tokenizer
 
@@ -60,7 +60,7 @@ def chance_level(benchmark: str, world_settings: dict[str, Any] | None = None) -
     numbers a comparison names, 1 of the `reading_facts` answers a reading item states; 0 for open
     answers (additions, fact recall), where a guess is almost never right."""
     if benchmark == "mc":
-        return 0.25
+        return 1 / MC_CHOICES
     if benchmark == "comparison":
         return 0.5
     if benchmark == "reading":

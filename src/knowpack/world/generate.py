@@ -36,6 +36,7 @@ from knowpack.world.relations import (ALIASES, NAMED_POOLS, RELATION_BY_NAME, RE
                                       Relation)
 
 REFUSAL_ANSWER = "I don't know"
+MC_CHOICES = 4  # the true answer and three others of its pool, as MMLU's A-D
 
 MC_TEMPLATE = (
     "There is a single choice question about {subject}. Answer the question by replying A, B, C or D.\n"
@@ -526,7 +527,7 @@ def generate_world(cfg: WorldConfig) -> World:
 def make_mc_item(wf: WorldFact, pool: list[str], rng: random.Random) -> MCItem:
     """A 4-choice question: the true answer and three other answers of the same pool, shuffled."""
     fact = wf.fact
-    distractors = rng.sample([x for x in pool if x != fact.answer], 3)
+    distractors = rng.sample([x for x in pool if x != fact.answer], MC_CHOICES - 1)
     choices = distractors + [fact.answer]
     rng.shuffle(choices)
     return MCItem(fact.question, tuple(choices), choices.index(fact.answer), wf.relation.topic,

@@ -84,7 +84,7 @@ class _Ran(Exception):
     pass
 
 
-def _config_rating(tmp_path, rates: dict) -> str:
+def _config_with_rates(tmp_path, rates: dict) -> str:
     """The shipped fidelity config with only `rates` as its fixed rates."""
     import yaml
 
@@ -103,7 +103,7 @@ def _config_rating(tmp_path, rates: dict) -> str:
 ])
 def test_the_forms_of_the_run(fid, monkeypatch, tmp_path, capsys, argv, seeds, methods, fixed):
     seen = {}
-    config = _config_rating(tmp_path, {"lora": 3e-3, "loki": 1e-2})
+    config = _config_with_rates(tmp_path, {"lora": 3e-3, "loki": 1e-2})
 
     def run_all(args, say):
         seen.update(seeds=args.seeds, methods=args.methods, fixed=args.reduced or args.fixed_rates)
@@ -119,7 +119,7 @@ def test_the_forms_of_the_run(fid, monkeypatch, tmp_path, capsys, argv, seeds, m
 
 def test_fixed_rates_without_a_rate_for_any_method_is_refused(fid, tmp_path, monkeypatch):
     monkeypatch.setattr(fid, "run_all", lambda args, say: pytest.fail("ran without a rate"))
-    config = _config_rating(tmp_path, {"lora": 3e-3, "loki": 1e-2})
+    config = _config_with_rates(tmp_path, {"lora": 3e-3, "loki": 1e-2})
     with pytest.raises(SystemExit) as info:
         fid.main(["--fixed-rates", "--config", config, "--methods", "dora", "pissa", "--out", str(tmp_path / "out")])
     assert info.value.code == 2
@@ -178,7 +178,7 @@ def test_the_curve_points_train_to_the_target_within_their_budget(fid, tmp_path,
     monkeypatch.setattr(knowpack.compare, "run_compare", lambda *a, **k: {"rows": []})
     monkeypatch.setattr(knowpack.ablate, "run_ablation", lambda *a, **k: {"strategies": {}})
     monkeypatch.setattr(knowpack.sweep, "run_points", lambda points, out, **k: ran.setdefault("points", points))
-    args = argparse.Namespace(out=str(tmp_path / "out"), config=_config_rating(tmp_path, {"lora": 3e-3}), seeds=2,
+    args = argparse.Namespace(out=str(tmp_path / "out"), config=_config_with_rates(tmp_path, {"lora": 3e-3}), seeds=2,
                               target=0.9, max_steps=600, methods=["lora"], lrs=None, sizes=[10, 1000],
                               curve_epochs=40, curve_min_steps=1500, zero_q=1.0, known=300, reduced=False,
                               fixed_rates=True, override=[])

@@ -119,11 +119,12 @@ def run_all(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, A
 
     run_cfg = load_config(RunConfig, data=base)
     curve_points = []
-    for n in args.sizes:
-        steps = curve_steps(n, run_cfg.train.batch_size, args.curve_epochs, args.curve_min_steps)
-        # trained to the target as the comparison's points are, checked at the config's own interval
-        budget = CompareSettings(target=args.target, max_steps=steps, check_every=None)
-        for seed in seeds:
+    # seed-major: a run stopped part-way leaves whole curves for the seeds it finished, not half of each
+    for seed in seeds:
+        for n in args.sizes:
+            steps = curve_steps(n, run_cfg.train.batch_size, args.curve_epochs, args.curve_min_steps)
+            # trained to the target as the comparison's points are, checked at the config's own interval
+            budget = CompareSettings(target=args.target, max_steps=steps, check_every=None)
             cfg = load_config(RunConfig, data=base, overrides=[f"compose.n_unknown={n}", "train.method=lora"])
             curve_points.append(GridPoint(f"n={n}-seed={seed}", {"n_unknown": n, "seed": seed, "max_steps": steps},
                                           to_target(cfg, budget, seed=seed)))

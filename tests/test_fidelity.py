@@ -43,6 +43,7 @@ def _strategy(loss: float, correct: list[int]) -> dict:
 def test_findings_judge_each_paper_claim_on_the_seeds_that_reached_the_target(fid):
     rows = [{"id": "p", "label": "lora r=1", "reached_target": True},
             {"id": "hk", "label": "lora r=1, +10 highly_known", "reached_target": True},
+            {"id": "hk1", "label": "lora r=1, +1 highly_known", "reached_target": False},
             {"id": "pa", "label": "lora r=1, +10 paraphrase", "reached_target": True},
             {"id": "lk", "label": "loki q=10", "reached_target": True},
             {"id": "rn", "label": "loki q=10 random rows (LoKI on random rows)", "reached_target": True},
@@ -56,6 +57,7 @@ def test_findings_judge_each_paper_claim_on_the_seeds_that_reached_the_target(fi
                  _rec("rn", s, mean_benchmark_drop_relative=0.05 + 0.001 * s),
                  _rec("pm", s, mean_benchmark_drop_relative=0.01 + 0.001 * s)]  # beats LoKI
     recs.append(_rec("hk", 3, reliability_zero_shot=0.5, negative_shift=0.99))  # missed: never counted
+    recs += [_rec("hk1", s, reliability_zero_shot=0.6, negative_shift=0.01) for s in range(3)]  # missed on every seed
     curve = [{"overrides": {"n_unknown": n, "seed": s}, "metrics": {"headline": {"reliability_zero_shot": r - 0.01 * s}}}
              for n, r in ((10, 1.0), (500, 0.6)) for s in range(3)]
     hi, lo = _strategy(30.0, [0] * 8 + [1] * 2), _strategy(5.0, [1] * 9 + [0])
@@ -68,7 +70,9 @@ def test_findings_judge_each_paper_claim_on_the_seeds_that_reached_the_target(fi
     verdicts = {k: [r["verdict"] for r in v] for k, v in by_key.items()}
     assert verdicts["capacity"] == ["holds"]
     assert verdicts["neg_vs_pos"] == ["holds"]
-    assert verdicts["hk_lowers_neg"] == ["holds"]  # seed 3 of +10 HK missed the target and is left out
+    # one row per k, in k's order; seed 3 of +10 HK missed the target and is left out, +1 HK missed on all
+    assert verdicts["hk_lowers_neg"] == ["not measured (the +1 HK point missed the target on some seed)", "holds"]
+    assert [r["finding"] for r in by_key["hk_lowers_neg"]][0].startswith("+1 HighlyKnown")
     assert verdicts["para_generalises"] == ["within noise"]
     assert verdicts["collapse"] == ["holds"] and verdicts["refusals"] == ["holds"]
     loki_vs = {r["finding"]: r["verdict"] for r in by_key["loki_vs_lora"]}

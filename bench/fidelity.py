@@ -32,7 +32,7 @@ from typing import Any, Callable
 import yaml
 
 from knowpack.evaluate import stats
-from knowpack.io import write_json
+from knowpack.io import write_json, write_text
 
 PAPER = {
     "capacity": "Pletenev Table 2: reliability ~1 up to 500 Unknown facts, falling at 3000 with +10 HighlyKnown (0.48)",
@@ -226,7 +226,8 @@ def findings(results: dict[str, Any], records: list[dict[str, Any]], target: flo
     for r in results["curve"]:
         curve.setdefault(r["overrides"]["n_unknown"], []).append(r["metrics"]["headline"]["reliability_zero_shot"])
     sizes = sorted(curve)
-    cells = [f"{n}: {stats.seeds_interval(curve[n])['mean']:.2f}" for n in sizes]
+    cells = [f"{n}: {stats.seeds_interval(curve[n])['mean']:.2f} ({sum(v >= target for v in curve[n])}/{len(curve[n])} "
+             "at the target)" for n in sizes]
     if len(sizes) >= 2:
         lo, hi = curve[sizes[0]], curve[sizes[-1]]
         k = min(len(lo), len(hi))
@@ -304,6 +305,36 @@ def _question_diffs(result: dict[str, Any], better: str, worse: str) -> list[flo
     return [x - y for x, y in zip(xs, ys)]
 
 
+def curve_table(curve: list[dict[str, Any]], target: float) -> str:
+    """The capacity curve per size: its step cap, the steps run, the seeds that reached the target, and
+    zero-shot reliability, negative shift and mean relative benchmark drop (mean [t 95% interval over seeds])."""
+    by_n: dict[int, list[dict[str, Any]]] = {}
+    for r in curve:
+        by_n.setdefault(r["overrides"]["n_unknown"], []).append(r)
+    lines = [f"Capacity curve: LoRA trained on n Unknown facts to zero-shot reliability >= {target:.0%} within the "
+             "step cap (mean [Student t 95% interval] over seeds)", "",
+             "| Unknown facts | step cap | steps | seeds reaching the target | zero-shot reliability | negative shift "
+             "| mean benchmark drop |", "|---|---|---|---|---|---|---|"]
+
+    def cell(values: list[float]) -> str:
+        s = stats.seeds_interval(values)
+        if s["mean"] is None:
+            return "n/a"
+        return f"{s['mean']:.1%}" + (f" [{s['ci95'][0]:.1%}, {s['ci95'][1]:.1%}]" if s["ci95"] else "")
+
+    for n in sorted(by_n):
+        rs = by_n[n]
+        heads = [r["metrics"]["headline"] for r in rs]
+        steps = [r["metrics"]["run"]["steps"] for r in rs]
+        reached = sum((h.get("reliability_zero_shot") or 0) >= target for h in heads)
+        caps = sorted({r["overrides"].get("max_steps") for r in rs}, key=str)
+        lines.append(f"| {n:,} | {'/'.join(map(str, caps))} | {sum(steps) / len(steps):,.0f} ({min(steps):,}-{max(steps):,}) "
+                     f"| {reached}/{len(rs)} | {cell([h['reliability_zero_shot'] for h in heads])} "
+                     f"| {cell([h['negative_shift'] for h in heads])} "
+                     f"| {cell([h['mean_benchmark_drop_relative'] for h in heads])} |")
+    return "\n".join(lines)
+
+
 def table_text(rows: list[dict[str, Any]]) -> str:
     lines = ["| finding | paper | world (mean [95% interval]) | verdict |", "|---|---|---|---|"]
     for r in rows:
@@ -358,12 +389,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = findings(results, read_results(Path(args.out) / "compare" / "results.jsonl"), args.target)
     text = table_text(rows)
+    if results["curve"]:
+        text += "\n\n" + curve_table(results["curve"], args.target)
     wall = time.perf_counter() - t0
     summary = {"rows": rows, "seeds": args.seeds, "target": args.target, "wall_seconds": round(wall, 1),
                "reduced": args.reduced, "fixed_rates": args.fixed_rates or args.reduced, "methods": args.methods,
                "sizes": args.sizes}
-    (Path(args.out) / "fidelity.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    (Path(args.out) / "fidelity.md").write_text(text + "\n")
+    write_json(Path(args.out) / "fidelity.json", summary)
+    write_text(Path(args.out) / "fidelity.md", text + "\n")
     print()
     print(f"Findings on the world ({args.seeds} seed(s), every compared point at zero-shot reliability >= "
           f"{args.target:.0%}; {math.ceil(wall)} s):")

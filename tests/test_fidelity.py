@@ -196,3 +196,18 @@ def test_the_curve_points_train_to_the_target_within_their_budget(fid, tmp_path,
         assert cfg.train.max_steps == p.overrides["max_steps"] == (1500 if n == 10 else 40 * 63)
         assert cfg.train.early_stopping.enabled and cfg.train.early_stopping.reliability == 0.9
         assert cfg.train.epochs >= 10 ** 6  # the step cap, not an epoch count, ends a run that misses the target
+
+
+def test_the_curve_table_gives_each_size_its_cap_steps_and_the_seeds_that_reached_the_target(fid):
+    def rec(n, seed, rel, steps, cap):
+        return {"overrides": {"n_unknown": n, "seed": seed, "max_steps": cap},
+                "metrics": {"headline": {"reliability_zero_shot": rel, "negative_shift": 0.4,
+                                         "mean_benchmark_drop_relative": 0.5}, "run": {"steps": steps}}}
+
+    curve = [rec(10, 0, 1.0, 40, 1500), rec(10, 1, 0.96, 60, 1500),
+             rec(1000, 0, 0.97, 2400, 2520), rec(1000, 1, 0.62, 2520, 2520)]
+    text = fid.curve_table(curve, 0.95)
+    rows = [line for line in text.splitlines() if line.startswith("| 1")]
+    assert rows[0].startswith("| 10 | 1500 | 50 (40-60) | 2/2 | 98.0% [")
+    assert rows[1].startswith("| 1,000 | 2520 | 2,460 (2,400-2,520) | 1/2 | 79.5% [")
+

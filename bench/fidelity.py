@@ -89,6 +89,30 @@ def curve_steps(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
     return max(min_steps, epochs * math.ceil(n / batch_size))
 
 
+def fit_sizes(sizes: list[int], pool: int) -> tuple[list[int], list[int]]:
+    """The curve's sizes that the base model's Unknown pool can supply, a size beyond it replaced by the
+    whole pool (the largest curve point there is); and the sizes that were replaced."""
+    fitted: list[int] = []
+    for n in sizes:
+        m = min(n, pool)
+        if m not in fitted:
+            fitted.append(m)
+    return fitted, [n for n in sizes if n > pool]
+
+
+def unknown_pool(run_cfg: Any) -> int:
+    """How many facts the base model's probe (cached) puts in Unknown: the most a curve point can train on."""
+    from knowpack.models import load_model
+    from knowpack.runs import cached_probe, load_run_facts, model_path, probe_facts_of
+
+    cfg = run_cfg.resolved()
+    facts = load_run_facts(cfg)
+    model, tok = load_model(model_path(cfg), device=cfg.device, dtype=cfg.dtype,
+                            trust_remote_code=cfg.trust_remote_code)
+    rows, _ = cached_probe(cfg, model, tok, probe_facts_of(cfg, facts), exemplars=facts, progress=False)
+    return sum(r["category"] == "Unknown" for r in rows)
+
+
 def run_all(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     from knowpack.ablate import run_ablation
     from knowpack.compare import CompareSettings, run_compare, to_target
@@ -121,9 +145,16 @@ def run_all(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, A
 
     run_cfg = load_config(RunConfig, data=base)
     curve_points = []
+    sizes = list(args.sizes)
+    if sizes:
+        pool = unknown_pool(run_cfg)
+        sizes, beyond = fit_sizes(sizes, pool)
+        if beyond:
+            say(f"capacity curve: the base model has {pool} Unknown facts; n_unknown = "
+                f"{', '.join(map(str, beyond))} replaced by {pool}")
     # seed-major: a run stopped part-way leaves whole curves for the seeds it finished, not half of each
     for seed in seeds:
-        for n in args.sizes:
+        for n in sizes:
             steps = curve_steps(n, run_cfg.train.batch_size, args.curve_epochs, args.curve_min_steps)
             # trained to the target as the comparison's points are, checked at the config's own interval
             budget = CompareSettings(target=args.target, max_steps=steps, check_every=None)
@@ -131,7 +162,7 @@ def run_all(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, A
             curve_points.append(GridPoint(f"n={n}-seed={seed}", {"n_unknown": n, "seed": seed, "max_steps": steps},
                                           to_target(cfg, budget, seed=seed)))
     if curve_points:
-        say(f"capacity curve: LoRA at n_unknown = {', '.join(map(str, args.sizes))}, each to zero-shot reliability "
+        say(f"capacity curve: LoRA at n_unknown = {', '.join(map(str, sizes))}, each to zero-shot reliability "
             f">= {args.target:.0%} within {args.curve_epochs} epochs (at least {args.curve_min_steps} steps)")
         curve = run_points(curve_points, out / "curve",
                            on_point=lambda i, k, p, s: say(f"  [{i}/{k}] {p.id}") if s == "running" else None)
@@ -352,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["lora", "dora", "pissa", "loki"])
     p.add_argument("--lrs", help="candidate rates per method as JSON (default: the config's compare rates)")
     p.add_argument("--sizes", type=int, nargs="*", default=[10, 50, 200, 500, 1000],
-                   help="Unknown-fact counts of the capacity curve (none: no curve)")
+                   help="Unknown-fact counts of the capacity curve (none: no curve; a count beyond the base "
+                        "model's Unknown facts becomes all of them)")
     p.add_argument("--curve-epochs", type=int, default=40, help="the capacity curve's budget: passes over the facts")
     p.add_argument("--curve-min-steps", type=int, default=1500,
                    help="the capacity curve's budget: at least this many steps (the comparison's cap)")

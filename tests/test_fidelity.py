@@ -182,6 +182,7 @@ def test_the_curve_points_train_to_the_target_within_their_budget(fid, tmp_path,
     monkeypatch.setattr(knowpack.compare, "run_compare", lambda *a, **k: {"rows": []})
     monkeypatch.setattr(knowpack.ablate, "run_ablation", lambda *a, **k: {"strategies": {}})
     monkeypatch.setattr(knowpack.sweep, "run_points", lambda points, out, **k: ran.setdefault("points", points))
+    monkeypatch.setattr(fid, "unknown_pool", lambda cfg: 1200)
     args = argparse.Namespace(out=str(tmp_path / "out"), config=_config_with_rates(tmp_path, {"lora": 3e-3}), seeds=2,
                               target=0.9, max_steps=600, methods=["lora"], lrs=None, sizes=[10, 1000],
                               curve_epochs=40, curve_min_steps=1500, zero_q=1.0, known=300, reduced=False,
@@ -210,4 +211,11 @@ def test_the_curve_table_gives_each_size_its_cap_steps_and_the_seeds_that_reache
     rows = [line for line in text.splitlines() if line.startswith("| 1")]
     assert rows[0].startswith("| 10 | 1500 | 50 (40-60) | 2/2 | 98.0% [")
     assert rows[1].startswith("| 1,000 | 2520 | 2,460 (2,400-2,520) | 1/2 | 79.5% [")
+
+
+def test_curve_sizes_beyond_the_unknown_pool_become_the_whole_pool(fid):
+    # the shipped world has 876 Unknown facts: a 1,000-fact point cannot be composed (it failed a run)
+    assert fid.fit_sizes([10, 500, 1000], 876) == ([10, 500, 876], [1000])
+    assert fid.fit_sizes([10, 900, 1000], 876) == ([10, 876], [900, 1000])
+    assert fid.fit_sizes([10, 50], 876) == ([10, 50], [])
 

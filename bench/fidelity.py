@@ -100,20 +100,8 @@ def fit_sizes(sizes: list[int], pool: int) -> tuple[list[int], list[int]]:
     return fitted, [n for n in sizes if n > pool]
 
 
-def unknown_pool(run_cfg: Any) -> int:
-    """How many facts the base model's probe (cached) puts in Unknown: the most a curve point can train on."""
-    from knowpack.models import load_model
-    from knowpack.runs import cached_probe, load_run_facts, model_path, probe_facts_of
-
-    cfg = run_cfg.resolved()
-    facts = load_run_facts(cfg)
-    model, tok = load_model(model_path(cfg), device=cfg.device, dtype=cfg.dtype,
-                            trust_remote_code=cfg.trust_remote_code)
-    rows, _ = cached_probe(cfg, model, tok, probe_facts_of(cfg, facts), exemplars=facts, progress=False)
-    return sum(r["category"] == "Unknown" for r in rows)
-
-
 def run_all(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    from knowpack import capacity
     from knowpack.ablate import run_ablation
     from knowpack.compare import CompareSettings, run_compare, to_target
     from knowpack.config import load_config
@@ -147,7 +135,7 @@ def run_all(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, A
     curve_points = []
     sizes = list(args.sizes)
     if sizes:
-        pool = unknown_pool(run_cfg)
+        pool = capacity.unknown_pool(run_cfg)  # the base probe's Unknown facts (cached)
         sizes, beyond = fit_sizes(sizes, pool)
         if beyond:
             say(f"capacity curve: the base model has {pool} Unknown facts; n_unknown = "

@@ -175,6 +175,7 @@ def test_the_curve_points_train_to_the_target_within_their_budget(fid, tmp_path,
     import argparse
 
     import knowpack.ablate
+    import knowpack.capacity
     import knowpack.compare
     import knowpack.sweep
 
@@ -182,7 +183,7 @@ def test_the_curve_points_train_to_the_target_within_their_budget(fid, tmp_path,
     monkeypatch.setattr(knowpack.compare, "run_compare", lambda *a, **k: {"rows": []})
     monkeypatch.setattr(knowpack.ablate, "run_ablation", lambda *a, **k: {"strategies": {}})
     monkeypatch.setattr(knowpack.sweep, "run_points", lambda points, out, **k: ran.setdefault("points", points))
-    monkeypatch.setattr(fid, "unknown_pool", lambda cfg: 1200)
+    monkeypatch.setattr(knowpack.capacity, "unknown_pool", lambda cfg: 1200)
     args = argparse.Namespace(out=str(tmp_path / "out"), config=_config_with_rates(tmp_path, {"lora": 3e-3}), seeds=2,
                               target=0.9, max_steps=600, methods=["lora"], lrs=None, sizes=[10, 1000],
                               curve_epochs=40, curve_min_steps=1500, zero_q=1.0, known=300, reduced=False,

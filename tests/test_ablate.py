@@ -133,3 +133,69 @@ def test_causal_trace_runs_on_a_decoder_outside_the_fast_kva_path():
         assert res["facts"] == 3 and len(res["indirect_effect_by_layer"]) == 2
     end = ablate.causal_trace(model, tok, facts[:3], noise_samples=2, state="hidden", positions="end")
     assert all(abs(f["indirect_effect"][-1] - (f["p_clean"] - f["p_corrupted"])) < 1e-5 for f in end["per_fact"])
+
+
+def _lora(model, **kw):
+    from peft import LoraConfig, get_peft_model
+
+    # init_lora_weights=False: B is random too, so every layer's update is non-zero from the start
+    return get_peft_model(model, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, init_lora_weights=False,
+                                            target_modules=["gate_proj", "up_proj", "down_proj"], **kw)).eval()
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_lora_only_in_keeps_exactly_the_chosen_layers_update():
+    """With the adapter kept in layer 1 only, the model is the base model plus layer 1's LoRA update: the
+    same as a copy whose other layers' LoRA B matrices are zero. With no layer kept it is the base model,
+    with every layer the whole adapter, and the scalings come back after the block."""
+    import copy
+
+    ids = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(1))
+    base = _model()
+    want_base = _logits(base, ids)
+    model = _lora(copy.deepcopy(base))
+    full = _logits(model, ids)
+    assert not torch.allclose(full, want_base, atol=1e-4)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if "lora_B" in name and ".layers.1." not in name:
+                p.zero_()
+    with ablate.lora_only_in(model, [1]):
+        assert torch.allclose(_logits(model, ids), _logits(reference, ids), atol=1e-6)
+    with ablate.lora_only_in(model, []):
+        assert torch.allclose(_logits(model, ids), want_base, atol=1e-6)
+    with ablate.lora_only_in(model, [0, 1, 2]):
+        assert torch.equal(_logits(model, ids), full)
+    assert torch.equal(_logits(model, ids), full)  # restored
+    assert [len(m) for m in ablate.lora_modules_by_layer(model)] == [3, 3, 3]
+
+
+def test_lora_layer_profile_scores_each_layer_alone_and_each_layer_removed():
+    import copy
+
+    base = _model()
+    evaluate = _scorer(base)  # agreement with the base model's argmax
+    model = _lora(copy.deepcopy(base))
+    prof = ablate.lora_layer_profile(model, evaluate)
+    assert prof["no_adapter"]["agreement"] == 1.0
+    assert prof["adapter"]["agreement"] < 1.0
+    assert [lay["layer"] for lay in prof["layers"]] == [0, 1, 2]
+    for lay in prof["layers"]:
+        with ablate.lora_only_in(model, [lay["layer"]]):
+            assert lay["only"]["agreement"] == evaluate(model)["agreement"]["accuracy"]
+        with ablate.lora_only_in(model, [x for x in range(3) if x != lay["layer"]]):
+            assert lay["without"]["agreement"] == evaluate(model)["agreement"]["accuracy"]
+
+
+def test_lora_layer_profile_refuses_adapters_it_cannot_take_out_of_a_layer():
+    from knowpack.errors import KnowpackError
+
+    with pytest.raises(KnowpackError, match="no LoRA adapter"):
+        ablate.lora_modules_by_layer(_model())
+    with pytest.raises(KnowpackError, match="not plain LoRA"):
+        ablate.lora_modules_by_layer(_lora(_model(), use_dora=True))

@@ -115,6 +115,78 @@ def mlp_profile(model: Any, evaluate: Evaluate, *, base: dict[str, dict[str, Any
                           "model scored again; drop per benchmark against the base model"}
 
 
+def lora_modules_by_layer(model: Any) -> list[list[Any]]:
+    """The PEFT LoRA modules of each decoder layer of `model` (a model carrying a plain LoRA adapter).
+
+    Raises KnowpackError for a model without one, and for DoRA and PiSSA adapters, whose update does not
+    vanish with its scaling (DoRA keeps its learnt magnitudes, PiSSA has moved the base weights)."""
+    from peft.tuners.lora import LoraLayer
+
+    from knowpack.errors import KnowpackError
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(inner, "model", inner), "layers", None)
+    found = [[m for m in layer.modules() if isinstance(m, LoraLayer)] for layer in (layers or [])]
+    if not any(found):
+        raise KnowpackError("the model carries no LoRA adapter in its decoder layers (model.layers[i]); the per-layer "
+                            "adapter profile needs a plain LoRA run's adapter")
+    for name, conf in getattr(model, "peft_config", {}).items():
+        init = getattr(conf, "init_lora_weights", True)
+        if getattr(conf, "use_dora", False) or init not in (True, False, "gaussian"):
+            raise KnowpackError(f"adapter '{name}' is not plain LoRA (use_dora={getattr(conf, 'use_dora', False)}, "
+                                f"init_lora_weights={init!r}): removing its update from a layer would not give "
+                                "that layer's base weights back")
+    return found
+
+
+@contextlib.contextmanager
+def lora_only_in(model: Any, keep: Sequence[int]) -> Iterator[None]:
+    """For the block, a LoRA adapter acts only in decoder layers `keep`: every other layer's LoRA modules get
+    scaling 0, so their update B·A·x vanishes (base weights untouched); restored afterwards."""
+    saved = []
+    for layer, modules in enumerate(lora_modules_by_layer(model)):
+        if layer in keep:
+            continue
+        for m in modules:
+            saved.append((m, dict(m.scaling)))
+            for name in m.scaling:
+                m.scaling[name] = 0.0
+    try:
+        yield
+    finally:
+        for m, scaling in saved:
+            m.scaling.update(scaling)
+
+
+def lora_layer_profile(model: Any, evaluate: Evaluate, *,
+                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Where a trained LoRA adapter does its work: the model scored with the whole adapter, with the adapter
+    kept in one decoder layer only, and with it removed from one layer only. Scored on whatever `evaluate`
+    scores (the trained facts, held-out known facts, benchmarks), so it shows which layers' updates learn
+    the new facts and which do the damage."""
+    n = len(lora_modules_by_layer(model))
+    every = list(range(n))
+    with lora_only_in(model, every):
+        full = evaluate(model)
+    with lora_only_in(model, []):
+        none = evaluate(model)
+    layers = []
+    for layer in every:
+        if progress:
+            progress(f"layer {layer}")
+        with lora_only_in(model, [layer]):
+            only = evaluate(model)
+        with lora_only_in(model, [x for x in every if x != layer]):
+            without = evaluate(model)
+        layers.append({"layer": layer, "only": {k: v["accuracy"] for k, v in only.items()},
+                       "without": {k: v["accuracy"] for k, v in without.items()}})
+    return {"adapter": {k: v["accuracy"] for k, v in full.items()},
+            "no_adapter": {k: v["accuracy"] for k, v in none.items()}, "layers": layers,
+            "definition": "accuracy with the LoRA update kept in one decoder layer only ('only') and with it "
+                          "removed from one layer only ('without'; the removed layers' LoRA scaling set to 0, "
+                          "their base weights untouched), against the whole adapter and none"}
+
+
 def known_fact_sample(facts: Any, rows: Sequence[dict[str, Any]], size: int, seed: int = 0) -> list[str]:
     """A seeded sample of the facts the base probe found HighlyKnown: the 'known facts' an ablation scores."""
     known = [r["id"] for r in rows if r["category"] == "HighlyKnown" and r["id"] in facts]
@@ -125,8 +197,12 @@ class Scorer:
     """An `Evaluate`: a model's benchmarks (refusal questions left out) and the zero-shot answers to a
     sample of its known facts, as one more benchmark ('known_facts'), with per-question outcomes."""
 
-    def __init__(self, cfg: Any, tok: Any, bench: Any, facts: Any, known_ids: Sequence[str]):
-        self.cfg, self.tok, self.bench, self.facts, self.known_ids = cfg, tok, bench, facts, list(known_ids)
+    def __init__(self, cfg: Any, tok: Any, bench: Any, facts: Any, known_ids: Sequence[str],
+                 fact_sets: dict[str, Sequence[str]] | None = None):
+        self.cfg, self.tok, self.bench, self.facts = cfg, tok, bench, facts
+        # more named sets of facts scored the same way (e.g. a run's trained facts: its reliability)
+        self.fact_sets = {"known_facts": list(known_ids), **{k: list(v) for k, v in (fact_sets or {}).items()}}
+        self.known_ids = self.fact_sets["known_facts"]
         self.bench.refusal = []
 
     def __call__(self, model: Any) -> dict[str, dict[str, Any]]:
@@ -138,12 +214,14 @@ class Scorer:
         scores = {k: v for k, v in score_benchmarks(model, self.tok, self.bench, cfg.eval,
                                                    refusal_patterns=cfg.probe.refusal_patterns).items()
                   if not k.startswith("_")}
-        if self.known_ids:
-            answers = answer_zero_shot(model, self.tok, [self.facts[i].question for i in self.known_ids],
+        for name, ids in self.fact_sets.items():
+            if not ids:
+                continue
+            answers = answer_zero_shot(model, self.tok, [self.facts[i].question for i in ids],
                                        batch_size=cfg.eval.batch_size)
             ok = [int(is_correct(a, self.facts[i].answers, cfg.probe.match, cfg.probe.refusal_patterns))
-                  for a, i in zip(answers, self.known_ids)]
-            scores["known_facts"] = {"accuracy": sum(ok) / len(ok), "correct": ok, "n": len(ok)}
+                  for a, i in zip(answers, ids)]
+            scores[name] = {"accuracy": sum(ok) / len(ok), "correct": ok, "n": len(ok)}
         return scores
 
 

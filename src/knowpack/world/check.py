@@ -61,6 +61,28 @@ def run_config(world: Path, **overrides: Any) -> Any:
     return load_config(RunConfig, data=data, overrides=[f"{k}={v}" for k, v in overrides.items()])
 
 
+def injection_by_layer(world: Path, run_dir: Path, cfg: Any, tok: Any, scorer: Any, facts: Any,
+                       say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Where the injection run's LoRA adapter does its work: its trained facts' reliability, the held-out known
+    facts and the benchmarks with the update kept in one layer only and removed from one layer only
+    (`ablate.lora_layer_profile`). In a real LLM facts are edited in the middle layers' MLPs (ROME); a world
+    whose new facts can only be written where its old ones are looked up loses the old ones as it learns."""
+    from knowpack import ablate
+    from knowpack.adapters import load_adapted
+
+    trained = [i for i in read_json(run_dir / "composition.json")["unknown"] if i in facts]
+    known = [i for i in scorer.known_ids if i not in set(trained)]
+    adapted, _, _ = load_adapted(str(world / "model"), run_dir / "adapter", device="cpu", dtype="float32")
+    adapted.eval()
+    evaluate = ablate.Scorer(cfg, tok, scorer.bench, facts, known, fact_sets={"trained_facts": trained})
+    prof = ablate.lora_layer_profile(adapted, evaluate)
+    for key in ("only", "without"):
+        say(f"  adapter {'in one layer only' if key == 'only' else 'removed from one layer'}: " + "; ".join(
+            f"L{lay['layer']} reliability {lay[key]['trained_facts']:.0%}, known {lay[key]['known_facts']:.0%}"
+            for lay in prof["layers"]))
+    return {**prof, "trained_facts": len(trained), "known_facts": len(known)}
+
+
 def check_world(world: str | Path, *, probe_limit: int | None = None, known_sample: int = 300,
                 zero_q: tuple[float, ...] = (1.0, 3.0, 5.0), injection: bool = True,
                 injection_overrides: dict[str, Any] | None = None, out_dir: str | Path | None = None,
@@ -219,6 +241,7 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
         say(f"  LoRA r=1 on 50 facts: zero-shot reliability {h['reliability_zero_shot']:.0%} in {m['run']['steps']} "
             f"steps, negative shift {h['negative_shift']:.1%} (floor {h['negative_shift_floor'] or 0:.1%}), "
             f"locality {h['locality']:.0%}, mean benchmark drop {h['mean_benchmark_drop_relative'] or 0:.1%}")
+        props["injection"]["by_layer"] = injection_by_layer(world, run_dir, cfg, tok, scorer, facts, say)
     props["measured_seconds"] = round(time.perf_counter() - t0, 1)
     if write:
         info["properties"] = props

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from knowpack.errors import KnowpackError
 from knowpack.evaluate import stats
 from knowpack.io import read_json, write_json
 
@@ -241,7 +242,11 @@ def check_world(world: str | Path, *, probe_limit: int | None = None, known_samp
         say(f"  LoRA r=1 on 50 facts: zero-shot reliability {h['reliability_zero_shot']:.0%} in {m['run']['steps']} "
             f"steps, negative shift {h['negative_shift']:.1%} (floor {h['negative_shift_floor'] or 0:.1%}), "
             f"locality {h['locality']:.0%}, mean benchmark drop {h['mean_benchmark_drop_relative'] or 0:.1%}")
-        props["injection"]["by_layer"] = injection_by_layer(world, run_dir, cfg, tok, scorer, facts, say)
+        try:
+            props["injection"]["by_layer"] = injection_by_layer(world, run_dir, cfg, tok, scorer, facts, say)
+        except KnowpackError as exc:  # e.g. an override that trains DoRA: no update to take out of a layer
+            props["injection"]["by_layer"] = {"skipped": str(exc)}
+            say(f"  adapter per layer: not measured ({exc})")
     props["measured_seconds"] = round(time.perf_counter() - t0, 1)
     if write:
         info["properties"] = props

@@ -385,7 +385,7 @@ def test_two_worker_sweep_of_real_runs_killed_mid_training_resumes(tmp_path, tin
     from test_run import write_inputs
 
     cfg = yaml.safe_load(write_inputs(tmp_path, tiny_dir).read_text())
-    cfg["train"].update({"epochs": 12, "batch_size": 2, "checkpoint_every": 1})  # long enough to be caught training
+    cfg["train"].update({"epochs": 30, "batch_size": 2, "checkpoint_every": 1})  # caught training, killed before it ends
     cfg["compose"]["n_unknown"] = 3
     # CI's reduced form: 3 points, so the second wave is one run that has the 2 cores to itself
     cfg["grid"] = {"seed": [1, 2, 3]} if FAST else {"seed": [1, 2], "compose.n_unknown": [2, 3]}

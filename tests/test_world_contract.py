@@ -101,3 +101,38 @@ def test_world_check_measures_every_property_on_a_tiny_build(world, tmp_path, mo
     assert written["slick"]["counts"] == slick["counts"] and written["mlp_profile"]["known_facts_relative_drop"] == \
         props["mlp_profile"]["known_facts_relative_drop"]
     assert any(line.startswith("  categories:") for line in said) and any("zeroing 5%" in line for line in said)
+
+
+def test_world_check_profiles_the_injection_adapter_per_layer(world, tmp_path, monkeypatch):
+    """`injection_by_layer` scores a run's LoRA adapter with its update kept in one layer only and removed
+    from one layer only, on the run's trained facts, the held-out known facts and the benchmarks; with
+    no layer kept it scores as the base model does."""
+    from peft import LoraConfig, get_peft_model
+
+    from knowpack import ablate
+    from knowpack.evaluate.stage import resolve_benchmarks
+    from knowpack.models import load_model
+    from knowpack.world.check import injection_by_layer, run_config
+
+    monkeypatch.setenv("KNOWPACK_CACHE", str(tmp_path / "cache"))
+    cfg = run_config(world)
+    facts = load_facts(world / "facts.jsonl", "native")
+    ids = [f.id for f in facts]
+    trained, known = ids[:4], ids[4:10]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "composition.json").write_text(json.dumps({"unknown": trained}))
+    model, tok = load_model(str(world / "model"), device="cpu", dtype="float32")
+    scorer = ablate.Scorer(cfg, tok, resolve_benchmarks(cfg.eval, cfg.model, None), facts, known + trained[:1])
+    base = ablate.Scorer(cfg, tok, scorer.bench, facts, known, fact_sets={"trained_facts": trained})(model)
+    adapter = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, init_lora_weights=False,
+                                               target_modules=["gate_proj", "up_proj", "down_proj"]))
+    adapter.save_pretrained(str(run / "adapter"))
+    said: list[str] = []
+    prof = injection_by_layer(world, run, cfg, tok, scorer, facts, said.append)
+    assert prof["trained_facts"] == 4 and prof["known_facts"] == 6  # a trained fact is never counted as known
+    assert [lay["layer"] for lay in prof["layers"]] == list(range(TINY_MODEL["layers"]))
+    assert prof["no_adapter"] == {k: v["accuracy"] for k, v in base.items()}
+    for lay in prof["layers"]:
+        assert set(lay["only"]) == set(lay["without"]) == set(base) >= {"trained_facts", "known_facts", "mc"}
+    assert len(said) == 2 and said[0].startswith("  adapter in one layer only: L0 reliability")

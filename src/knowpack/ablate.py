@@ -164,10 +164,8 @@ def lora_layer_profile(model: Any, evaluate: Evaluate, *,
     kept in one decoder layer only, and with it removed from one layer only. Scored on whatever `evaluate`
     scores (the trained facts, held-out known facts, benchmarks), so it shows which layers' updates learn
     the new facts and which do the damage."""
-    n = len(lora_modules_by_layer(model))
-    every = list(range(n))
-    with lora_only_in(model, every):
-        full = evaluate(model)
+    every = list(range(len(lora_modules_by_layer(model))))
+    full = evaluate(model)
     with lora_only_in(model, []):
         none = evaluate(model)
     layers = []

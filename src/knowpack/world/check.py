@@ -72,7 +72,7 @@ def injection_by_layer(world: Path, run_dir: Path, cfg: Any, tok: Any, scorer: A
     from knowpack.adapters import load_adapted
 
     trained = [i for i in read_json(run_dir / "composition.json")["unknown"] if i in facts]
-    known = [i for i in scorer.known_ids if i not in set(trained)]
+    known = [i for i in scorer.known_ids if i not in trained]  # HighlyKnown vs Unknown: disjoint already
     adapted, _, _ = load_adapted(str(world / "model"), run_dir / "adapter", device="cpu", dtype="float32")
     adapted.eval()
     evaluate = ablate.Scorer(cfg, tok, scorer.bench, facts, known, fact_sets={"trained_facts": trained})
